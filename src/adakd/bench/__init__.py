@@ -1,0 +1,1 @@
+"""Performance benchmarks (not tests): `python -m adakd.bench.<name> --json`."""

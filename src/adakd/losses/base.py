@@ -1,0 +1,139 @@
+"""Shared machinery of the base divergences.
+
+A divergence is math on rows of logits and nothing else: it never sees labels, masks, token
+selection or temperatures (the objective owns those). Every divergence is written on normalised
+log-probabilities (`from_log_probs(lq, lp)`, student q, teacher p), so a sparse teacher (its top-k
+log-probabilities plus one tail bucket) can later be served by handing in [N, k+1] rows.
+
+Numerics:
+- math runs in float32 at least: bf16/fp16 inputs are upcast, float64 stays float64;
+- `-inf` logits are zero-probability slots: 0·log 0 counts 0. A term that would be +inf (one
+  distribution has mass where the other has exactly zero probability) is dropped, the convention
+  of the MiniLLM/DistiLLM code, so a loss stays finite and its gradient NaN-free. Every value that
+  is finite in exact math is computed exactly.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, ClassVar, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half precisions are upcast)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def log_probs(logits: Tensor, dtype: torch.dtype) -> Tensor:
+    return F.log_softmax(logits.to(dtype), dim=-1)
+
+
+def finite_diff(a: Tensor, b: Tensor) -> Tensor:
+    """a - b with non-finite results set to 0.
+
+    Where the weight in front of it is zero (a = -inf) the term is 0 anyway; where it is not
+    (b = -inf) the term is infinite and dropped by convention. `nan_to_num` also masks the
+    gradient there, so no NaN leaks into the backward pass.
+    """
+    return torch.nan_to_num(a - b, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def kl_rows(lw: Tensor, lo: Tensor) -> Tensor:
+    """Per-row KL(w || o) from log-probabilities: sum_v w_v (log w_v - log o_v)."""
+    return (lw.exp() * finite_diff(lw, lo)).sum(-1)
+
+
+def log_mix(la: Tensor, lb: Tensor, wa: float) -> Tensor:
+    """log(wa·a + (1 - wa)·b) from log-probabilities, computed in log space.
+
+    Exact at the endpoints (wa = 0 returns lb itself), so skew KL with alpha = 0 is bit-identical
+    to plain KL. -inf inputs are clamped to a huge finite negative before `logaddexp`: its
+    backward at (-inf, -inf) would be NaN, and the clamp changes no finite value.
+    """
+    if wa == 0.0:
+        return lb
+    if wa == 1.0:
+        return la
+    low = torch.finfo(la.dtype).min / 4
+    a = (la + math.log(wa)).clamp_min(low)
+    b = (lb + math.log1p(-wa)).clamp_min(low)
+    return torch.logaddexp(a, b)
+
+
+class Divergence:
+    """Base class: subclasses set `name`, `defaults`, implement `from_log_probs` and `_validate`.
+
+    `per_token(student_logits[N, V], teacher_logits[N, V]) -> [N]` (any leading dims work).
+    Gradients flow to both inputs; the objective passes the teacher detached.
+    """
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[Dict[str, float]] = {}
+    # True where `value_and_grad` is implemented analytically (no autograd graph, fewer temporaries).
+    has_analytic_grad: ClassVar[bool] = False
+
+    def __init__(self, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(sorted(self.defaults)) or "none"
+            raise ValueError(f"{self.name}: unknown parameter(s) {unknown}; valid parameters: {valid}")
+        self.params: Dict[str, float] = {}
+        for key, default in self.defaults.items():
+            value = params.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
+                raise ValueError(f"{self.name}: parameter {key} must be a finite real number, got {value!r}")
+            self.params[key] = float(value)
+            setattr(self, key, float(value))
+        self._validate()
+
+    def _validate(self) -> None:  # pragma: no cover - overridden where parameters exist
+        pass
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+    # -- the API ---------------------------------------------------------------------------------
+    def per_token(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+        if student_logits.shape != teacher_logits.shape:
+            raise ValueError(
+                f"{self.name}: student logits {tuple(student_logits.shape)} and teacher logits "
+                f"{tuple(teacher_logits.shape)} differ in shape (align vocabularies first: "
+                "adakd.objective.align_vocab)")
+        dtype = compute_dtype(student_logits, teacher_logits)
+        return self.from_log_probs(log_probs(student_logits, dtype), log_probs(teacher_logits, dtype))
+
+    __call__ = per_token
+
+    def from_log_probs(self, lq: Tensor, lp: Tensor) -> Tensor:
+        """Per-row divergence from student log-probs `lq` and teacher log-probs `lp`."""
+        raise NotImplementedError
+
+    def value_and_grad(self, student_logits: Tensor, teacher_logits: Tensor) -> Tuple[Tensor, Tensor]:
+        """(per-row values [N], d sum(values) / d student_logits [N, V]) without keeping a graph.
+
+        The generic version uses autograd on the rows given (the objective hands in one chunk).
+        fkl and rkl override it with closed forms that need two [N, V] temporaries.
+        """
+        with torch.enable_grad():
+            s = student_logits.detach().requires_grad_(True)
+            values = self.per_token(s, teacher_logits.detach())
+            (grad,) = torch.autograd.grad(values.sum(), s)
+        return values.detach(), grad
+
+
+def check_range(name: str, key: str, value: float, lo: Optional[float], hi: Optional[float],
+                lo_open: bool = False, hi_open: bool = False) -> None:
+    """Raise ValueError naming the valid interval when value is outside it."""
+    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or \
+          (hi is not None and (value > hi or (hi_open and value == hi)))
+    if bad:
+        left = "(" if lo_open else "["
+        right = ")" if hi_open else "]"
+        lo_s = "-inf" if lo is None else f"{lo:g}"
+        hi_s = "inf" if hi is None else f"{hi:g}"
+        raise ValueError(f"{name}: {key} must be in {left}{lo_s}, {hi_s}{right}, got {value:g}")

@@ -1,0 +1,293 @@
+"""Building blocks of a run: data, tokenizer, teacher (loaded, shipped or fine-tuned and cached), student,
+and the trainer wired to the objective. `runner.run` calls these in order.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import runinfo
+from .models import (count_params, load_pretrained, load_tokenizer,
+                     model_from_arch, save_model, train_bpe_tokenizer, verify_checksum)
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- data
+@dataclass
+class RunData:
+    train: List[Any]            # Example
+    dev: List[Any]
+    test: List[Any]             # synthetic test split (empty for file-based datasets)
+    files: Dict[str, Any]       # provenance of the training files
+
+
+def build_train_data(cfg: DictConfig) -> RunData:
+    ds = cfg.dataset
+    if ds.name == "synthetic":
+        from .data import synthetic
+        tasks = list(ds.tasks) if ds.tasks else None
+        return RunData(train=synthetic.generate("train", ds.n_train, ds.seed, tasks),
+                       dev=synthetic.generate("dev", ds.n_dev, ds.seed, tasks),
+                       test=synthetic.generate("test", ds.n_test, ds.seed, tasks),
+                       files={"synthetic": {"n_train": ds.n_train, "seed": ds.seed, "tasks": tasks}})
+    from .data import load_benchmark
+    from .data.benchmarks import source_files
+    train = load_benchmark(ds.name, ds.root, split=ds.train_split)
+    try:
+        dev = load_benchmark(ds.name, ds.root, split="dev")
+    except (KeyError, ValueError):   # no dev file: hold out the last val_size training samples
+        train, dev = train[:-ds.val_size], train[-ds.val_size:]
+    if ds.max_train_samples:
+        train = train[: ds.max_train_samples]
+    return RunData(train=train, dev=dev, test=[], files={"train": source_files(train), "dev": source_files(dev)})
+
+
+def build_benchmarks(cfg: DictConfig, data: RunData):
+    """The evaluation sets named in eval.benchmarks, each cut to eval.max_samples (first N)."""
+    out, files = {}, {}
+    for name in cfg.eval.benchmarks:
+        if name == "synthetic":
+            if cfg.dataset.name != "synthetic":
+                raise ValueError("eval.benchmarks has 'synthetic' but dataset is not synthetic")
+            exs = data.test
+            files[name] = {"generator": "adakd.data.synthetic", "n_test": len(exs), "seed": cfg.dataset.seed}
+        else:
+            from .data import load_benchmark
+            from .data.benchmarks import source_files
+            exs = load_benchmark(name, cfg.dataset.root)
+            files[name] = source_files(exs)
+        if cfg.eval.max_samples:
+            exs = exs[: cfg.eval.max_samples]
+        out[name] = exs
+    return out, files
+
+
+def encode_train(examples, tokenizer, ds) -> List[dict]:
+    from .data import encode_example
+    encoded, dropped = [], 0
+    for ex in examples:
+        prompt = ex.prompt
+        if ds.chat_template:
+            from .data.prompts import apply_chat_template
+            prompt = apply_chat_template(tokenizer, prompt)
+        e = encode_example(tokenizer, prompt, ex.references[0], max_prompt_len=ds.max_prompt_len,
+                           max_len=ds.max_len, overlong=ds.overlong, add_special_tokens=not ds.chat_template)
+        if e is None:
+            dropped += 1
+        else:
+            encoded.append(e)
+    if dropped:
+        log.info("dropped %d of %d training samples over the length limits (dataset.overlong=%s)",
+                 dropped, len(examples), ds.overlong)
+    if not encoded:
+        raise ValueError("no training sample fits the length limits (dataset.max_prompt_len / max_len)")
+    return encoded
+
+
+# -------------------------------------------------------------------------------------------- tokenizer
+def _asset_dir(spec: Optional[str]) -> Optional[Path]:
+    if not spec:
+        return None
+    if spec.startswith("builtin:"):
+        return Path(str(resources.files("adakd") / "assets" / spec[len("builtin:"):]))
+    return Path(spec)
+
+
+def teacher_recipe_hash(cfg: DictConfig) -> str:
+    """Identity of the teacher a run needs: architecture/source, tokenizer, training data and recipe."""
+    ds = cfg.dataset
+    data_key = {k: ds[k] for k in ("name", "train_split", "n_train", "seed", "tasks", "max_prompt_len",
+                                   "max_len", "overlong", "chat_template", "max_train_samples")}
+    return runinfo.config_hash({
+        "teacher": OmegaConf.to_container(cfg.model.teacher, resolve=True),
+        "tokenizer": cfg.model.tokenizer, "vocab": cfg.model.tokenizer_vocab, "data": data_key,
+    })
+
+
+def shipped_teacher(cfg: DictConfig) -> Optional[Path]:
+    """The shipped checkpoint, when it was built by exactly this teacher recipe."""
+    d = _asset_dir(cfg.model.teacher_asset)
+    if d is None or not (d / "adakd_model.json").exists():
+        return None
+    import json
+    info = json.loads((d / "adakd_model.json").read_text())
+    if info.get("recipe_hash") != teacher_recipe_hash(cfg):
+        log.info("shipped teacher %s was built by another recipe; a teacher will be trained and cached", d)
+        return None
+    return d
+
+
+def teacher_cache_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.run.output_root).absolute() / "cache" / "teacher" / teacher_recipe_hash(cfg)
+
+
+def get_tokenizer(cfg: DictConfig, data: RunData, ctx):
+    m = cfg.model
+    if m.tokenizer != "synthetic":
+        path = m.tokenizer if m.tokenizer not in ("", "teacher") else m.teacher.path
+        return ctx.get(f"tok:{path}", lambda: load_tokenizer(path, m.teacher.trust_remote_code))
+    asset = shipped_teacher(cfg)
+    if asset is not None:
+        return ctx.get(f"tok:{asset}", lambda: load_tokenizer(str(asset)))
+    from .data import synthetic
+    key = runinfo.config_hash({"vocab": m.tokenizer_vocab, "n_train": cfg.dataset.n_train,
+                               "seed": cfg.dataset.seed, "tasks": cfg.dataset.tasks})
+    out = Path(cfg.run.output_root).absolute() / "cache" / "tokenizer" / key
+
+    def build():
+        if (out / "tokenizer.json").exists():
+            return load_tokenizer(str(out))
+        return train_bpe_tokenizer(synthetic.corpus(data.train), m.tokenizer_vocab, out)
+    return ctx.get(f"tok:{out}", build)
+
+
+# ---------------------------------------------------------------------------------------------- models
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device={spec} but CUDA is not available; use train.device=cpu or auto")
+    return torch.device(spec)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> Optional[torch.dtype]:
+    if precision == "fp32" or device.type != "cuda":
+        if precision in ("bf16", "fp16") and device.type != "cuda":
+            log.warning("train.precision=%s ignored on %s: fp32 is used", precision, device.type)
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _build(spec, tokenizer, *, teacher=None) -> torch.nn.Module:
+    if spec.source == "scratch":
+        if not spec.arch:
+            raise ValueError("model source=scratch needs an `arch` (n_layer, n_embd, n_head, n_positions)")
+        return model_from_arch(OmegaConf.to_container(spec.arch, resolve=True), len(tokenizer),
+                               spec.init_seed, tokenizer.eos_token_id)
+    if spec.source == "pretrained":
+        if not spec.path:
+            raise ValueError("model source=pretrained needs `path` (a hub id or a local directory)")
+        return load_pretrained(spec.path, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code)
+    if spec.source == "pruned":
+        if teacher is None:
+            raise ValueError("student source=pruned needs a teacher to prune")
+        from .pruning import prune_layers
+        return prune_layers(teacher, keep_layers=spec.keep_layers, every_k=spec.every_k)
+    raise ValueError(f"unknown model source {spec.source!r}; valid: ['scratch', 'pretrained', 'pruned']")
+
+
+def get_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx, device) -> Tuple[torch.nn.Module, Dict]:
+    spec = cfg.model.teacher
+    key = teacher_recipe_hash(cfg)
+
+    def build():
+        asset = shipped_teacher(cfg)
+        if asset is not None:
+            verify_checksum(asset)
+            return load_pretrained(str(asset)), {"teacher": str(asset), "source": "shipped", "recipe": key}
+        if spec.finetune:
+            cache = teacher_cache_dir(cfg)
+            if not (cache / "adakd_model.json").exists():
+                _finetune_teacher(cfg, tokenizer, data, ctx, device, cache)
+            verify_checksum(cache)
+            return load_pretrained(str(cache)), {"teacher": str(cache), "source": "finetuned-cache", "recipe": key}
+        model = _build(spec, tokenizer)
+        return model, {"teacher": spec.path or "scratch", "source": spec.source, "recipe": key}
+
+    model, info = ctx.get(f"teacher:{key}", build)
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info = dict(info, params=count_params(model))
+    return model, info
+
+
+def _finetune_teacher(cfg, tokenizer, data: RunData, ctx, device, out: Path) -> None:
+    """Supervised fine-tuning of the teacher on the training set; its own run directory keeps checkpoints,
+    so a killed fine-tune resumes; the result is cached by recipe and reused by every later run."""
+    from .schema import TrainConfig
+    from .train import Trainer, seed_everything
+    from .tracking import NullLogger
+    from .data import collate_train
+
+    # Only the recipe in model.teacher.finetune (on top of the defaults) shapes the teacher, so the cache key
+    # (teacher_recipe_hash) is complete; where it runs is taken from the current train section.
+    ft = OmegaConf.merge(OmegaConf.structured(TrainConfig),
+                         {"device": cfg.train.device, "threads": cfg.train.threads}, cfg.model.teacher.finetune)
+    model = _build(cfg.model.teacher, tokenizer).to(device)
+    work = out.parent / f"{out.name}.work"
+    work.mkdir(parents=True, exist_ok=True)
+    seed_everything(int(ft.seed))
+    encoded = ctx.get(f"enc:{id(tokenizer)}:{id(data)}", lambda: encode_train(data.train, tokenizer, cfg.dataset))
+    total = _total_steps(ft, len(encoded))
+    method = OmegaConf.create({"name": "teacher-sft", "divergence": "none", "recipe": "sft", "kd_ratio": 0.0})
+    log.info("fine-tuning the teacher (%d steps, cached in %s)", total, out)
+    trainer = Trainer(student=model, teacher=None, train_data=encoded,
+                      collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=None,
+                      method_cfg=method, train_cfg=ft, run_dir=work, logger=NullLogger(), device=device,
+                      total_steps=total, progress=cfg.run.progress)
+    result = trainer.train()
+    save_model(model, tokenizer, out, extra={"recipe_hash": teacher_recipe_hash(cfg), "steps": result.steps,
+                                             "final_loss": result.final_loss,
+                                             "recipe": OmegaConf.to_container(cfg.model.teacher, resolve=True)})
+    import shutil
+    shutil.copy(work / "train_log.jsonl", out / "train_log.jsonl")
+
+
+def get_student(cfg: DictConfig, tokenizer, ctx, device) -> Tuple[torch.nn.Module, Dict]:
+    spec = cfg.model.student
+    teacher = None
+    if spec.source == "pruned":
+        teacher, _ = get_teacher(cfg, tokenizer, ctx.data(cfg), ctx, device)
+    model = _build(spec, tokenizer, teacher=teacher)
+    if spec.lora:
+        from .lora import apply_lora
+        model = apply_lora(model, OmegaConf.to_container(spec.lora, resolve=True))
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.to(device)
+    return model, {"student": spec.path or spec.source, "params": count_params(model)}
+
+
+def _total_steps(train_cfg, n_examples: int) -> int:
+    if train_cfg.steps:
+        return int(train_cfg.steps)
+    return max(1, math.ceil(float(train_cfg.epochs) * n_examples / int(train_cfg.global_batch)))
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunData, ctx, device, logger):
+    from .data import collate_train
+    from .train import Trainer
+
+    encoded = ctx.get(f"enc:{id(tokenizer)}:{id(data)}", lambda: encode_train(data.train, tokenizer, cfg.dataset))
+    total = _total_steps(cfg.train, len(encoded))
+    teacher, objective = None, None
+    if cfg.method.recipe != "sft":
+        teacher, _ = get_teacher(cfg, tokenizer, data, ctx, device)
+        from .objective import build_objective
+        objective = build_objective(cfg.method, cfg.adakd, total_steps=total, impl=cfg.train.loss_impl,
+                                    chunk_size=cfg.train.loss_chunk_size, seed=int(cfg.train.seed))
+    batch_source = None
+    if cfg.method.recipe not in ("offline", "sft"):
+        from .recipes import build_recipe
+        batch_source = build_recipe(cfg, student=student, teacher=teacher, tokenizer=tokenizer, data=data,
+                                    ctx=ctx, device=device, run_dir=run_dir)
+    trainer = Trainer(
+        student=student, teacher=teacher, train_data=encoded,
+        collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective,
+        method_cfg=cfg.method, train_cfg=cfg.train, run_dir=run_dir, logger=logger, device=device,
+        total_steps=total, progress=cfg.run.progress, batch_source=batch_source,
+        telemetry_every=int(cfg.adakd.telemetry_every) if objective is not None else 0,
+        autocast_dtype=autocast_dtype(cfg.train.precision, device),
+    )
+    return trainer, teacher

@@ -1,0 +1,98 @@
+"""Config checks that run before any data or model is loaded: a bad setting costs seconds, not an hour.
+
+Types and unknown keys are already refused by the structured schema at composition; here are the
+checks of values: names that must be in a registry, ranges, and settings that must agree.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from omegaconf import DictConfig
+
+STAGES = ["train", "eval_teacher", "eval_init"]
+RECIPES = ["offline", "sft", "gkd", "distillm", "seqkd"]
+RATIO_SCHEDULES = ["latf", "fixed", "linear", "cosine"]
+TEMPERATURES = ["constant", "ctkd", "logit_std"]
+DIRECTIONS = ["inverse", "direct"]
+LOSS_IMPLS = ["reference", "chunked", "fused"]
+OVERLONG = ["drop", "truncate"]
+LR_SCHEDULES = ["cosine", "constant", "linear"]
+BASELINES = ["teacher", "student_init", "sft"]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _choice(errors: List[str], key: str, value, valid) -> None:
+    if value not in valid:
+        errors.append(f"{key}={value!r} is not valid; choose one of {sorted(valid)}")
+
+
+def _range(errors: List[str], key: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
+    if value is None:
+        return
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
+          (hi is not None and (value >= hi if hi_open else value > hi))
+    if bad:
+        lb = "(" if lo_open else "["
+        rb = ")" if hi_open else "]"
+        errors.append(f"{key}={value} is out of range {lb}{lo if lo is not None else '-inf'}, "
+                      f"{hi if hi is not None else 'inf'}{rb}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    from .adaptive import METRICS
+    from .losses import DIVERGENCES
+
+    e: List[str] = []
+    _choice(e, "run.stage", cfg.run.stage, STAGES)
+    for b in cfg.run.baselines:
+        _choice(e, "run.baselines[]", b, BASELINES)
+    m, a, t, d, ev = cfg.method, cfg.adakd, cfg.train, cfg.dataset, cfg.eval
+    _choice(e, "method.recipe", m.recipe, RECIPES)
+    if m.recipe == "sft":
+        if m.divergence != "none":
+            e.append("method.recipe=sft trains without a teacher: set method.divergence=none")
+    else:
+        _choice(e, "method.divergence", m.divergence, list(DIVERGENCES))
+    _range(e, "method.kd_ratio", m.kd_ratio, 0.0, 1.0)
+    _choice(e, "adakd.metric", a.metric, list(METRICS))
+    _choice(e, "adakd.ratio_schedule", a.ratio_schedule, RATIO_SCHEDULES)
+    _choice(e, "adakd.temperature", a.temperature, TEMPERATURES)
+    _choice(e, "adakd.direction", a.direction, DIRECTIONS)
+    _range(e, "adakd.ratio_start", a.ratio_start, 0.0, 1.0, lo_open=True)
+    _range(e, "adakd.ratio_end", a.ratio_end, 0.0, 1.0, lo_open=True)
+    _range(e, "adakd.ratio_min", a.ratio_min, 0.0, 1.0, lo_open=True)
+    _range(e, "adakd.ema_beta", a.ema_beta, 0.0, 1.0, hi_open=True)
+    _range(e, "adakd.warmup_frac", a.warmup_frac, 0.0, 1.0)
+    _range(e, "adakd.epsilon", a.epsilon, 0.0, None)
+    _range(e, "adakd.delta", a.delta, 0.0, 1.0, hi_open=True)
+    _range(e, "adakd.c", a.c, 0.0, None)
+    _range(e, "adakd.tau_base", a.tau_base, 0.0, None, lo_open=True)
+    _range(e, "adakd.nmtkd_k", a.nmtkd_k, 1, None)
+    _choice(e, "train.loss_impl", t.loss_impl, LOSS_IMPLS)
+    _choice(e, "train.schedule", t.schedule, LR_SCHEDULES)
+    _choice(e, "train.nonfinite", t.nonfinite, ["stop", "skip"])
+    _range(e, "train.lr", t.lr, 0.0, None, lo_open=True)
+    _range(e, "train.micro_batch", t.micro_batch, 1, None)
+    _range(e, "train.global_batch", t.global_batch, 1, None)
+    _range(e, "train.steps", t.steps, 1, None)
+    _range(e, "train.epochs", t.epochs, 0.0, None, lo_open=True)
+    _range(e, "train.loss_chunk_size", t.loss_chunk_size, 1, None)
+    if t.global_batch % t.micro_batch:
+        e.append(f"train.global_batch={t.global_batch} is not divisible by train.micro_batch={t.micro_batch}")
+    _choice(e, "dataset.overlong", d.overlong, OVERLONG)
+    if not 0 < d.max_prompt_len < d.max_len:
+        e.append(f"need 0 < dataset.max_prompt_len < dataset.max_len, got {d.max_prompt_len}, {d.max_len}")
+    if not ev.seeds:
+        e.append("eval.seeds is empty")
+    if not ev.benchmarks:
+        e.append("eval.benchmarks is empty")
+    _range(e, "eval.max_new_tokens", ev.max_new_tokens, 1, None)
+    _range(e, "eval.temperature", ev.temperature, 0.0, None)
+    _range(e, "eval.top_p", ev.top_p, 0.0, 1.0, lo_open=True)
+    _range(e, "eval.top_k", ev.top_k, 0, None)
+    _range(e, "eval.max_samples", ev.max_samples, 1, None)
+    if e:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(e))

@@ -1,0 +1,92 @@
+"""End to end on the real config, shrunk: experiment=smoke through runner.run and through the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adakd import runner
+
+from .compose import compose_cfg
+
+REPO = Path(__file__).resolve().parents[1]
+ADAKD_RUN = Path(sys.executable).parent / "adakd-run"
+
+
+def _check_metrics(path: Path) -> dict:
+    m = json.loads(path.read_text())
+    assert m["status"] == "ok"
+    assert m["rougeL"] and all({"mean", "std", "per_seed", "n"} <= set(v) for v in m["rougeL"].values())
+    assert isinstance(m["avg"], float)
+    return m
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    cfg = compose_cfg(["experiment=smoke", f"run.output_root={out}", "run.progress=false", "logger=none"])
+    metrics = runner.run(cfg)
+    return out, cfg, metrics
+
+
+def test_smoke_writes_every_artefact(smoke_run):
+    out, cfg, metrics = smoke_run
+    run_dir = runner.run_dir_for(cfg)
+    assert run_dir.parent == out / "runs"
+    m = _check_metrics(run_dir / "metrics.json")
+    assert m["run"]["steps"] == cfg.train.steps
+    for f in ("config.yaml", "run_info.json", "train_log.jsonl", "model/model.safetensors"):
+        assert (run_dir / f).exists(), f
+    rows = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, cfg.train.steps + 1))
+    assert all("ratio" in r and "tau_mean" in r for r in rows)
+    preds = list((run_dir / "predictions").glob("*.jsonl"))
+    assert preds, "predictions/<benchmark>.jsonl missing"
+    info = json.loads((run_dir / "run_info.json").read_text())
+    assert info["versions"]["torch"]
+
+
+def test_same_command_again_skips_the_finished_run(smoke_run, capsys):
+    out, cfg, metrics = smoke_run
+    run_dir = runner.run_dir_for(cfg)
+    stamp = (run_dir / "metrics.json").stat().st_mtime_ns
+    again = runner.run(cfg)
+    assert again["avg"] == metrics["avg"]
+    assert (run_dir / "metrics.json").stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"metrics: {run_dir / 'metrics.json'}"
+
+
+def test_different_config_gets_a_different_directory(smoke_run):
+    out, cfg, _ = smoke_run
+    other = compose_cfg(["experiment=smoke", f"run.output_root={out}", "adakd=none"])
+    assert runner.run_dir_for(other) != runner.run_dir_for(cfg)
+    same = compose_cfg(["experiment=smoke", f"run.output_root={out}", "logger=wandb", "eval.batch_size=3"])
+    assert runner.run_dir_for(same) == runner.run_dir_for(cfg)   # non-semantic keys do not count
+
+
+def _cli(args, tmp_path, timeout=240):
+    env = dict(os.environ, WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    return subprocess.run([str(ADAKD_RUN), *args, f"run.output_root={tmp_path}", "run.progress=false"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_fkl_with_idts(tmp_path):
+    r = _cli(["experiment=smoke", "method=fkl", "adakd.idts=true"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("metrics: ")
+    m = _check_metrics(Path(last[len("metrics: "):]))
+    assert m["run"]["method"] == "fkl"
+
+
+def test_cli_multirun_two_jobs(tmp_path):
+    r = _cli(["-m", "experiment=smoke", "method=rkl,fkl", "adakd=none"], tmp_path, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = [line for line in r.stdout.splitlines() if line.startswith("metrics: ")]
+    assert len(metrics) == 2 and len(set(metrics)) == 2
+    for line in metrics:
+        _check_metrics(Path(line[len("metrics: "):]))
