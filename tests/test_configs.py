@@ -26,6 +26,8 @@ def test_every_group_option_composes(group, option):
     OmegaConf.to_container(cfg, resolve=True)   # every interpolation resolves
     if group == "method" and option in ("gkd", "distillm", "seqkd"):
         return   # recipe presets are validated by their own tests
+    if group == "model" and option == "smollm2-offline" and not Path(cfg.model.teacher.path).exists():
+        return   # its teacher is made by `make models` (tests/test_models.py)
     validate_config(cfg)
 
 

@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from helpers_tiny import data_root
 
 from adakd.data import BENCHMARKS, DataError, file_sha256, load_benchmark, resolve_data_root, source_files
 from adakd.data.prompts import render_prompt
@@ -21,8 +20,8 @@ README_SHA256 = {
 
 
 @pytest.fixture(scope="module")
-def root() -> Path:
-    return data_root()
+def root(data_root) -> Path:   # data_root: conftest.py (../shared/data or $ADAKD_DATA_DIR, else skip)
+    return data_root
 
 
 @pytest.mark.parametrize("name,split,n", [("dolly", "test", 500), ("self-inst", "test", 242),
@@ -82,17 +81,15 @@ def test_unknown_names(root):
 
 
 def test_uinst_missing_is_explained_and_never_substituted(root, tmp_path):
-    assert not (root / "uinst" / "test.jsonl").exists()
-    with pytest.raises(DataError) as err:
-        load_benchmark("uinst", root)
-    msg = str(err.value)
-    assert "not available offline" in msg and "uinst/test.jsonl" in msg and "MiniLLM/uinst" in msg
-    # even with uinst-short right there, uinst stays an error
+    # a data root holding uinst-short but not the real UnNI split: uinst stays an error
     (tmp_path / "uinst-short").mkdir()
     (tmp_path / "uinst-short" / "test.jsonl").write_text((root / "uinst-short" / "test.jsonl").read_text())
-    with pytest.raises(DataError, match="never used in its place"):
+    with pytest.raises(DataError) as err:
         load_benchmark("uinst", tmp_path)
-    assert len(load_benchmark("uinst-short", tmp_path)) == 1050
+    msg = str(err.value)
+    assert "not available offline" in msg and str(tmp_path / "uinst" / "test.jsonl") in msg
+    assert "MiniLLM/uinst" in msg and "never used in its place" in msg
+    assert len(load_benchmark("uinst-short", tmp_path)) == 1050     # only by its own name
     assert "NOT the UnNI benchmark" in BENCHMARKS["uinst-short"].description
 
 
@@ -121,7 +118,8 @@ def test_hub_fallback_only_without_root(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- malformed files
 
 def _rec(i: int, **over):
-    rec = {"instruction": f"Say {i}.", "input": "", "output": f"Answer {i}.", "prompt": render_prompt(f"Say {i}.")}
+    rec = {"instruction": f"Say {i}.", "input": "", "output": f"Answer {i}.",
+           "prompt": render_prompt(f"Say {i}.")}
     rec.update(over)
     return rec
 
@@ -198,6 +196,7 @@ def test_prompt_mismatch_kept_counted_and_warned_once(tmp_path):
         warnings.simplefilter("always")
         examples = _load(tmp_path)
     mismatch = [w for w in caught if "differ from the Alpaca template" in str(w.message)]
-    assert len(mismatch) == 1 and "2 of 3" in str(mismatch[0].message) and "line 2" in str(mismatch[0].message)
+    (message,) = [str(w.message) for w in mismatch]
+    assert "2 of 3" in message and "line 2" in message
     assert examples[1].prompt == "Q: Say 1.\nA:"
     assert examples[0].meta["source"].prompt_mismatches == 2

@@ -4,11 +4,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers_tiny import data_root, single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
 
 from adakd.data import load_benchmark
 from adakd.evaluate import evaluate_model, rouge_l, rouge_l_scores
 from adakd.schema.evaluation import EvalConfig
+
+try:   # tests/ as a package (relative import) or as plain modules on sys.path
+    from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer
+except ImportError:
+    from helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
 
 DOLLY_TEST_SHA256 = "f2624572fdde0bec8759e63fecefdc5e38679816464cd57ef563612ccc6acc06"
 
@@ -56,14 +60,13 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def benches():
-    root = data_root()
-    return {name: load_benchmark(name, root) for name in ("dolly", "sinst", "vicuna")}
+def benches(data_root):
+    return {name: load_benchmark(name, data_root) for name in ("dolly", "sinst", "vicuna")}
 
 
 def _cfg(**over):
-    base = dict(benchmarks=["dolly", "sinst"], seeds=[10, 20], max_new_tokens=8, batch_size=4,
-                max_samples=6, max_prompt_len=48)
+    base = {"benchmarks": ["dolly", "sinst"], "seeds": [10, 20], "max_new_tokens": 8, "batch_size": 4,
+                "max_samples": 6, "max_prompt_len": 48}
     base.update(over)
     return EvalConfig(**base)
 
@@ -74,7 +77,8 @@ def _read(path):
 
 def test_evaluate_metrics_predictions_and_protocol(tiny, benches, tmp_path):
     model, tok = tiny
-    info = {"name": "tiny-gpt2", "source": "random init", "params": sum(p.numel() for p in model.parameters())}
+    info = {"name": "tiny-gpt2", "source": "random init",
+            "params": sum(p.numel() for p in model.parameters())}
     res = evaluate_model(model, tok, benches, _cfg(), tmp_path / "a", model_info=info, progress=False)
 
     assert set(res["rougeL"]) == {"dolly", "sinst"}                 # eval.benchmarks chooses

@@ -6,12 +6,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
 
 from adakd.data import render_prompt
 from adakd.generation import _encode_prompts, _pick, example_seed, generate, generate_ids
 
-KW = dict(max_new_tokens=12, max_prompt_len=48, progress=False)
+try:   # tests/ as a package (relative import) or as plain modules on sys.path
+    from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer
+except ImportError:
+    from helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
+
+KW = {"max_new_tokens": 12, "max_prompt_len": 48, "progress": False}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,8 @@ def model(tok):
 @pytest.fixture(scope="module")
 def prompts():
     rng = random.Random(0)
-    words = "the dog cat runs apple red one two what why explain list name give".split()
+    words = ["the", "dog", "cat", "runs", "apple", "red", "one", "two", "what", "why", "explain", "list",
+             "name", "give"]
     out = []
     for i in range(20):
         instruction = " ".join(rng.choice(words) for _ in range(rng.randint(2, 20))) + "?"
@@ -89,8 +94,9 @@ def test_gumbel_max_is_an_exact_sample():
     freq = torch.bincount(picks, minlength=5).float() / n
     assert torch.allclose(freq, logits.softmax(-1), atol=0.012)
     # temperature sharpens, filters cut the tail
-    hot = _pick((logits * 1).expand(n, -1).clone(), gens, None, 0.5, 0, 1.0)
-    assert torch.allclose(torch.bincount(hot, minlength=5).float() / n, (logits / 0.5).softmax(-1), atol=0.012)
+    hot = _pick(logits.expand(n, -1).clone(), gens, None, 0.5, 0, 1.0)
+    hot_freq = torch.bincount(hot, minlength=5).float() / n
+    assert torch.allclose(hot_freq, (logits / 0.5).softmax(-1), atol=0.012)
     top2 = _pick(logits.expand(n, -1).clone(), gens, None, 1.0, 2, 1.0)
     assert set(top2.tolist()) == {0, 1}
     nucleus = _pick(logits.expand(n, -1).clone(), gens, None, 1.0, 0, 0.6)   # p0 = 0.64 >= 0.6
@@ -182,3 +188,15 @@ def test_rows_stop_at_eos_and_are_pruned():
     capped = generate(model, tok, prompts, ["a", "b", "c", "d"], seed=0, max_new_tokens=3, batch_size=2,
                       progress=False)
     assert capped == ["8 9", "4 5 6", "", "7 8 9"]
+
+
+def test_bench_script_runs(monkeypatch):
+    """`python -m adakd.bench.generate` end to end at toy size (synthetic prompts, 2 layers)."""
+    from adakd.bench import generate as bench
+
+    monkeypatch.delenv("ADAKD_DATA_DIR", raising=False)
+    res = bench.run(bench_args := SimpleNamespace(
+        model=None, n_prompts=3, max_new_tokens=3, max_prompt_len=32, batch_size=2, seed=1, threads=0,
+        n_layer=1, n_embd=32, vocab=300))
+    assert res["prompts"]["source"] == "synthetic" and res["settings"]["batch_size"] == bench_args.batch_size
+    assert res["adakd_batched"]["tokens"] > 0 and res["ratios"]["speedup"] > 0

@@ -5,10 +5,14 @@ import copy
 
 import pytest
 import torch
-from helpers_tiny import data_root, single_thread, tiny_tokenizer  # noqa: F401 (fixture)
 
 from adakd.data import collate_train, encode_example, load_benchmark, render_prompt
 from adakd.data.prompts import IGNORE_INDEX, apply_chat_template, tokenize_pair
+
+try:   # tests/ as a package (relative import) or as plain modules on sys.path
+    from .helpers_tiny import single_thread, tiny_tokenizer
+except ImportError:
+    from helpers_tiny import single_thread, tiny_tokenizer  # noqa: F401 (fixture)
 
 
 def test_render_exact_strings():
@@ -22,8 +26,8 @@ def test_render_exact_strings():
 
 
 @pytest.mark.parametrize("name", ["dolly", "self-inst", "vicuna", "sinst"])
-def test_render_equals_file_prompts(name):
-    examples = load_benchmark(name, data_root())
+def test_render_equals_file_prompts(name, data_root):
+    examples = load_benchmark(name, data_root)
     assert all(render_prompt(ex.instruction, ex.input) == ex.prompt for ex in examples)
     if name == "dolly":
         assert len(examples) == 500

@@ -1,4 +1,9 @@
-"""`adakd-run`: compose the Hydra config and hand it to runner.run. Nothing else happens here."""
+"""`adakd-run`: compose the Hydra config and hand it to runner.run. Nothing else happens here.
+
+In a multirun (`adakd-run -m ...`) each job is run by adakd.sweep.run_job: a table preset's row is
+applied, and a failing job is recorded (failure.json) instead of stopping the sweep; the SweepSummary
+callback (conf/config.yaml, hydra.callbacks) lists the failures at the end and sets the exit code.
+"""
 from __future__ import annotations
 
 import logging
@@ -14,12 +19,15 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://adakd.conf", config_name="config")
-def _main(cfg: DictConfig) -> None:
-    from . import runner
-    from .train import PREEMPTED_EXIT_CODE, Preempted
+def _main(cfg: DictConfig):
+    from . import runner, sweep
+    from .train import PREEMPTED_EXIT_CODE, Preempted, preemptible
 
     try:
-        runner.run(cfg)
+        with preemptible():   # SIGTERM -> checkpoint at the step boundary (or stop, outside training) -> 75
+            if sweep.is_multirun():
+                return sweep.run_job(cfg)
+            runner.run(sweep.job_config(cfg))
     except Preempted as e:
         logging.getLogger("adakd").warning("%s", e)
         sys.exit(PREEMPTED_EXIT_CODE)
@@ -29,7 +37,19 @@ def main() -> None:
     # Offline-first: never wait on the hub or a W&B login unless the user asked for it.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
+    _quiet_libraries()
     _main()
+
+
+def _quiet_libraries() -> None:
+    """Our progress bars say where a run is; the libraries' per-file bars and INFO lines only add noise."""
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_warning()
+    except ImportError:
+        pass
+    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import platform
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 from tqdm.auto import tqdm
 
@@ -22,7 +23,7 @@ from .generation import generate
 from .io import atomic_write_jsonl
 from .schema.evaluation import EvalConfig
 
-References = Union[Sequence[str], Sequence[Sequence[str]]]
+References = Union[Sequence[str], Sequence[Sequence[str]]]  # noqa: UP007 (a runtime alias)
 _SCORER = None
 
 
@@ -34,7 +35,7 @@ def _scorer():
     return _SCORER
 
 
-def rouge_l_scores(predictions: Sequence[str], references: References) -> List[float]:
+def rouge_l_scores(predictions: Sequence[str], references: References) -> list[float]:
     """Per-sample ROUGE-L F (x100), each the max over that sample's references."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -63,16 +64,16 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def _version(pkg: str) -> Optional[str]:
+def _version(pkg: str) -> str | None:
     try:
         return metadata.version(pkg)
     except metadata.PackageNotFoundError:
         return None
 
 
-def protocol_record(cfg: EvalConfig, *, model_info: Optional[dict] = None,
-                    data_files: Optional[Mapping[str, Any]] = None,
-                    sizes: Optional[Mapping[str, int]] = None, device: str = "cpu") -> Dict[str, Any]:
+def protocol_record(cfg: EvalConfig, *, model_info: dict | None = None,
+                    data_files: Mapping[str, Any] | None = None,
+                    sizes: Mapping[str, int] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Everything that decides the numbers: generation, prompts, lengths, scoring, model, data."""
     return {
         "generation": {
@@ -115,8 +116,8 @@ def protocol_record(cfg: EvalConfig, *, model_info: Optional[dict] = None,
 
 
 def evaluate_model(model: Any, tokenizer: Any, benchmarks: Mapping[str, Sequence[Example]], cfg: EvalConfig,
-                   out_dir: Union[str, Path], *, device: str = "cpu", model_info: Optional[dict] = None,
-                   data_files: Optional[dict] = None, progress: bool = True) -> Dict[str, Any]:
+                   out_dir: str | Path, *, device: str = "cpu", model_info: dict | None = None,
+                   data_files: dict | None = None, progress: bool = True) -> dict[str, Any]:
     """Generate and score every benchmark at every seed; write predictions; return the metrics.
 
     ``benchmarks`` maps a name to its examples (``cfg.benchmarks``, when non-empty, selects and orders
@@ -141,7 +142,7 @@ def evaluate_model(model: Any, tokenizer: Any, benchmarks: Mapping[str, Sequence
 
     n_batches = sum(math.ceil(len(exs) / cfg.batch_size) for exs in selected.values()) * len(cfg.seeds)
     bar = tqdm(total=n_batches, desc="evaluate", disable=not progress)
-    results: Dict[str, Any] = {}
+    results: dict[str, Any] = {}
     try:
         for bench, examples in selected.items():
             prompts = [ex.prompt for ex in examples]
@@ -152,8 +153,9 @@ def evaluate_model(model: Any, tokenizer: Any, benchmarks: Mapping[str, Sequence
             rows, per_seed = [], []
             for seed in cfg.seeds:
                 bar.set_postfix_str(f"{bench} seed={seed}")
-                preds = generate(model, tokenizer, prompts, keys, seed=seed, max_new_tokens=cfg.max_new_tokens,
-                                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                preds = generate(model, tokenizer, prompts, keys, seed=seed,
+                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                 top_k=cfg.top_k, top_p=cfg.top_p,
                                  no_repeat_ngram_size=cfg.no_repeat_ngram_size, batch_size=cfg.batch_size,
                                  max_prompt_len=cfg.max_prompt_len, prompt_truncation=cfg.prompt_truncation,
                                  add_special_tokens=not cfg.chat_template, progress=False, pbar=bar)

@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Set
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -26,13 +27,14 @@ TRUNCATION_SIDES = ("head", "tail")
 
 def example_seed(seed: int, key: str) -> int:
     """A 63-bit seed from (seed, key), stable across processes (unlike Python's salted ``hash``)."""
-    digest = hashlib.sha256(f"{int(seed)}\x1f{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{int(seed)}\x1f{key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> Set[int]:
-    ids: Set[int] = set()
-    for src in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    gen_cfg = getattr(model, "generation_config", None)
+    for src in (tokenizer.eos_token_id, getattr(gen_cfg, "eos_token_id", None)):
         if isinstance(src, int):
             ids.add(src)
         elif isinstance(src, (list, tuple)):
@@ -43,7 +45,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> Set[int]:
 
 
 def _encode_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_len: int, side: str,
-                    add_special_tokens: bool) -> List[List[int]]:
+                    add_special_tokens: bool) -> list[list[int]]:
     fallback = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     out = []
     for p in prompts:
@@ -57,12 +59,12 @@ def _encode_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_len: int,
 class _NoRepeatNGram:
     """Per-row record of the n-grams seen so far (prompt included, padding excluded), as in HF."""
 
-    def __init__(self, n: int, history: List[int]):
+    def __init__(self, n: int, history: list[int]):
         self.n, self.hist, self.seen = n, list(history), {}
         for end in range(n, len(self.hist) + 1):
             self._add(self.hist[end - n:end])
 
-    def _add(self, gram: List[int]) -> None:
+    def _add(self, gram: list[int]) -> None:
         self.seen.setdefault(tuple(gram[:-1]), set()).add(gram[-1])
 
     def push(self, token: int) -> None:
@@ -70,7 +72,7 @@ class _NoRepeatNGram:
         if len(self.hist) >= self.n:
             self._add(self.hist[-self.n:])
 
-    def banned(self) -> Set[int]:
+    def banned(self) -> set[int]:
         prefix = tuple(self.hist[len(self.hist) - (self.n - 1):]) if self.n > 1 else ()
         return self.seen.get(prefix, set()) if len(self.hist) >= self.n - 1 else set()
 
@@ -90,7 +92,7 @@ def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tens
     return logits
 
 
-def _pick(logits: torch.Tensor, gens: List[torch.Generator], ngrams: Optional[List[_NoRepeatNGram]],
+def _pick(logits: torch.Tensor, gens: list[torch.Generator], ngrams: list[_NoRepeatNGram] | None,
           temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     logits = logits.float()
     if ngrams is not None:
@@ -109,7 +111,7 @@ def _pick(logits: torch.Tensor, gens: List[torch.Generator], ngrams: Optional[Li
     return (logits + gumbel).argmax(-1)
 
 
-def _forward_params(model: Any) -> Set[str]:
+def _forward_params(model: Any) -> set[str]:
     try:
         return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
@@ -122,7 +124,7 @@ def _cache_of(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
-def _max_positions(model: Any) -> Optional[int]:
+def _max_positions(model: Any) -> int | None:
     cfg = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(cfg, name, None)
@@ -132,9 +134,9 @@ def _max_positions(model: Any) -> Optional[int]:
 
 
 @torch.no_grad()
-def _generate_batch(model: Any, batch: List[List[int]], keys: List[str], *, seed: int, pad_id: int,
-                    eos: Set[int], max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-                    no_repeat_ngram_size: int, device: torch.device, params: Set[str]) -> List[List[int]]:
+def _generate_batch(model: Any, batch: list[list[int]], keys: list[str], *, seed: int, pad_id: int,
+                    eos: set[int], max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                    no_repeat_ngram_size: int, device: torch.device, params: set[str]) -> list[list[int]]:
     use_pos = "position_ids" in params
     cache_kw = "cache" if "cache" in params else "past_key_values"
     n, width = len(batch), max(len(ids) for ids in batch)
@@ -147,12 +149,14 @@ def _generate_batch(model: Any, batch: List[List[int]], keys: List[str], *, seed
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
 
     gens = [torch.Generator(device=device).manual_seed(example_seed(seed, k)) for k in keys]
-    ngrams = [_NoRepeatNGram(no_repeat_ngram_size, ids) for ids in batch] if no_repeat_ngram_size > 0 else None
-    out_tokens: List[List[int]] = [[] for _ in range(n)]
+    ngrams = None
+    if no_repeat_ngram_size > 0:
+        ngrams = [_NoRepeatNGram(no_repeat_ngram_size, ids) for ids in batch]
+    out_tokens: list[list[int]] = [[] for _ in range(n)]
     alive = list(range(n))          # batch rows held in the cache, in cache order
-    done: Set[int] = set()          # rows that ended but could not be pruned from the cache
+    done: set[int] = set()          # rows that ended but could not be pruned from the cache
 
-    kwargs: Dict[str, Any] = {"position_ids": positions} if use_pos else {}
+    kwargs: dict[str, Any] = {"position_ids": positions} if use_pos else {}
     if "logits_to_keep" in params:
         kwargs["logits_to_keep"] = 1   # the prompt's other logits are never used: skip the big matmul
     out = model(input_ids=input_ids, attention_mask=mask, use_cache=True, **kwargs)
@@ -194,7 +198,7 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[str], keys: Seque
                  max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  no_repeat_ngram_size: int = 0, batch_size: int = 16, max_prompt_len: int = 256,
                  prompt_truncation: str = "head", add_special_tokens: bool = True,
-                 progress: bool = True, pbar: Any = None) -> List[List[int]]:
+                 progress: bool = True, pbar: Any = None) -> list[list[int]]:
     """Generated token ids per prompt (EOS excluded), in the order of ``prompts``. See `generate`."""
     if len(prompts) != len(keys):
         raise ValueError(f"{len(prompts)} prompts but {len(keys)} keys")
@@ -220,7 +224,7 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[str], keys: Seque
     # Longest prompts first: least padding per batch, and an out-of-memory shows up at once.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    results: List[List[int]] = [[] for _ in encoded]
+    results: list[list[int]] = [[] for _ in encoded]
     was_training = model.training
     model.eval()
     own_bar = tqdm(total=len(batches), desc="generate", disable=not progress or pbar is not None, leave=False)
@@ -243,7 +247,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], keys: Sequence[
              max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              no_repeat_ngram_size: int = 0, batch_size: int = 16, max_prompt_len: int = 256,
              prompt_truncation: str = "head", add_special_tokens: bool = True,
-             progress: bool = True, pbar: Any = None) -> List[str]:
+             progress: bool = True, pbar: Any = None) -> list[str]:
     """Sample one continuation per prompt; the text after the prompt, special tokens removed.
 
     ``keys`` name the examples (e.g. ``Example.id``): (seed, key) fixes an example's random stream, so
@@ -260,4 +264,4 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], keys: Sequence[
     return [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
 
 
-__all__ = ["generate", "generate_ids", "example_seed"]
+__all__ = ["example_seed", "generate", "generate_ids"]

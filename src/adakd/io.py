@@ -1,11 +1,47 @@
-"""Atomic file writes: a crash never leaves a half-written result behind."""
+"""Atomic file writes: a crash never leaves a half-written result behind.
+
+Every result file is written to a temp file in the same directory, flushed to disk, then renamed over
+the target (`os.replace` is atomic on POSIX), and the directory entry is synced, so after a kill -9 or
+a power cut a reader sees either the old file or the new one, never a mix. Temp files get the normal
+permissions (0666 minus the umask), not mkstemp's private 0600, so results stay readable on shared
+clusters.
+"""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename in `path` durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def public_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a temp file/dir (created private by mkstemp/mkdtemp) the permissions a plain open() would."""
+    try:
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+    except OSError:
+        pass
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -17,11 +53,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        public_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
     return path
 
 
@@ -35,6 +73,44 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Pat
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def append_jsonl(path: str | os.PathLike, row: Any) -> None:
+    """Append one JSON line in a single write, so a kill can cut at most the last line (readers skip it)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+
+
+def read_jsonl_prefix(path: str | os.PathLike) -> list:
+    """The complete records of a JSON-lines file that a kill may have cut: stops at the first bad line."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break   # the last line, cut mid-write
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> int:
+    """Delete temp files left by an atomic write that a kill interrupted (`.<name>.*.tmp`)."""
+    n = 0
+    d = Path(directory)
+    if not d.is_dir():
+        return 0
+    for p in d.glob(".*.tmp"):
+        try:
+            p.unlink()
+            n += 1
+        except OSError:
+            pass
+    return n
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -40,9 +40,32 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path):
     tok.train_from_iterator(list(texts), trainer=trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS,
                                  unk_token=None, clean_up_tokenization_spaces=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(str(out_dir))
+    _save_dir_atomically(Path(out_dir), hf.save_pretrained)   # a kill never leaves a half-written cache
     return hf
+
+
+def _save_dir_atomically(out_dir: Path, write) -> None:
+    """write(tmp_dir) into a temp dir beside out_dir, then rename it into place."""
+    import shutil
+    import tempfile
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        write(str(tmp))
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
@@ -78,7 +101,8 @@ def _check_local_or_hub(path: str) -> None:
     """A path that looks local must exist: fail before transformers spends a minute on hub retries."""
     looks_local = path.startswith(("/", "./", "../", "~")) or os.sep in path and path.count("/") > 1
     if looks_local and not Path(os.path.expanduser(path)).exists():
-        raise ModelLoadError(f"model directory not found: {path}")
+        raise ModelLoadError(f"model directory not found: {path} (relative paths start in the current "
+                             "directory; a model made by `make models` / adakd-prepare: run that first)")
     if not looks_local and not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         log.info("HF_HUB_OFFLINE=1: %s must be in the local hub cache", path)
 
@@ -135,6 +159,7 @@ def save_model(model: nn.Module, tokenizer, out_dir: Path, extra: Optional[dict]
         if weights.exists():
             info["sha256"] = file_sha256(weights)
         (tmp / "adakd_model.json").write_text(json.dumps(info, indent=2, default=str))
+        os.chmod(tmp, 0o777 & ~_umask())
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 NON_SEMANTIC_KEYS = [
     "logger", "run.baselines", "run.progress", "run.print_table", "run.output_root",
     "eval.batch_size", "train.threads", "train.log_every", "train.ckpt_every", "train.keep_last",
+    # where and how it runs, not what it computes (world size / FSDP: see docs/scale.md)
+    "train.fsdp", "train.preflight", "train.preflight_margin", "model.teacher.device", "model.student.device",
 ]
 ROW_LABELS = {"teacher": "teacher", "student_init": "student (untrained)", "sft": "student SFT"}
 
@@ -39,6 +41,16 @@ def semantic_config(cfg: DictConfig) -> Dict[str, Any]:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    # Sections a stage does not use must not split its cache: the teacher row and the untrained-student
+    # row are the same whatever method, AdaKD setting or training schedule the main run uses.
+    stage = c.get("run", {}).get("stage")
+    if stage in ("eval_teacher", "eval_init"):
+        for section in ("method", "adakd", "train"):
+            c.pop(section, None)
+        if stage == "eval_teacher":
+            c.get("model", {}).pop("student", None)
+    elif c.get("method", {}).get("recipe") == "sft":
+        c.pop("adakd", None)
     return c
 
 
@@ -76,20 +88,33 @@ def is_finished(run_dir: Path) -> bool:
 
 # ------------------------------------------------------------------------------------------------ the run
 def run(cfg: DictConfig, ctx: Optional["Context"] = None) -> Dict[str, Any]:
+    from . import distributed
+    if distributed.env_world().enabled and not distributed.is_initialized():
+        # Launched by torchrun: join the process group for this run (and its baselines), leave it after.
+        validate_config(cfg)
+        distributed.init_from_env(str(cfg.train.device))
+        try:
+            return run(cfg, ctx)
+        finally:
+            distributed.teardown()
     validate_config(cfg)
     ctx = ctx or Context()
     run_dir = run_dir_for(cfg)
     baselines = {}
     if cfg.run.stage == "train" and cfg.run.baselines:
         baselines = {b: _baseline(cfg, b, ctx) for b in cfg.run.baselines}
-    if is_finished(run_dir):
+    # Under torchrun rank 0 decides (a rank must not skip a run whose collectives the others enter).
+    if distributed.broadcast_object(is_finished(run_dir)):
         log.info("finished run found, skipping: %s", run_dir)
         metrics = read_json(run_dir / "metrics.json")
     else:
         metrics = _execute(cfg, run_dir, ctx)
     if baselines:
         metrics["baselines"] = baselines
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        if distributed.info().is_main:
+            atomic_write_json(run_dir / "metrics.json", metrics)
+    if not distributed.info().is_main:   # rank 0 reports
+        return metrics
     if cfg.run.print_table:
         from .report import results_table
         print(results_table(metrics, label=_row_label(cfg)), flush=True)
@@ -130,13 +155,16 @@ def _baseline(cfg: DictConfig, which: str, ctx: "Context") -> Dict[str, Any]:
 def _execute(cfg: DictConfig, run_dir: Path, ctx: "Context") -> Dict[str, Any]:
     from .pipeline import build_benchmarks, get_student, get_teacher, get_tokenizer, pick_device
 
+    from . import distributed
+    dist = distributed.info()
     t_start = time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    runinfo.write_run_info(run_dir, cfg)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        runinfo.write_run_info(run_dir, cfg)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
-    device = pick_device(cfg.train.device)
+    device = dist.device if dist.enabled else pick_device(cfg.train.device)
     from .train import seed_everything
     seed_everything(int(cfg.train.seed))
 
@@ -144,10 +172,21 @@ def _execute(cfg: DictConfig, run_dir: Path, ctx: "Context") -> Dict[str, Any]:
     data = ctx.data(cfg)
     benchmarks, data_files = build_benchmarks(cfg, data)
     tokenizer = get_tokenizer(cfg, data, ctx)
+    if cfg.train.preflight:   # memory needed vs the device's, from the model configs alone: before any weights
+        from .preflight import check_run
+        check_run(cfg, tokenizer, device, world_size=dist.world_size)
+    if dist.enabled:
+        # A teacher still to be fine-tuned is trained by all ranks together (and cached), before any stage
+        # that runs on rank 0 alone needs it.
+        from .pipeline import ensure_teacher
+        ensure_teacher(cfg, tokenizer, data, ctx, device)
+        if not dist.is_main and cfg.run.stage != "train":
+            distributed.barrier()   # evaluation-only stages run on rank 0; wait for its results
+            return read_json(run_dir / "metrics.json")
 
-    from .tracking import make_logger
+    from .tracking import make_logger, NullLogger
     logger = make_logger(cfg.logger, run_dir, run_id=run_dir.name, name=run_dir.name,
-                         config=OmegaConf.to_container(cfg, resolve=True))
+                         config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else NullLogger()
     exit_code = 1
     try:
         stage = cfg.run.stage
@@ -157,7 +196,11 @@ def _execute(cfg: DictConfig, run_dir: Path, ctx: "Context") -> Dict[str, Any]:
         else:
             model, model_info = get_student(cfg, tokenizer, ctx, device)
             if stage == "train":
-                train_summary = _train(cfg, run_dir, model, tokenizer, data, ctx, device, logger)
+                train_summary, model = _train(cfg, run_dir, model, tokenizer, data, ctx, device, logger)
+        if not dist.is_main:   # only rank 0 evaluates and writes results
+            exit_code = 0
+            distributed.barrier()
+            return read_json(run_dir / "metrics.json")
         t_eval = time.time()
         from .evaluate import evaluate_model
         results = evaluate_model(model, tokenizer, benchmarks, cfg.eval, run_dir, device=str(device),
@@ -175,6 +218,7 @@ def _execute(cfg: DictConfig, run_dir: Path, ctx: "Context") -> Dict[str, Any]:
         atomic_write_json(run_dir / "metrics.json", metrics)
         _log_results(logger, metrics, run_dir)
         exit_code = 0
+        distributed.barrier()
         return metrics
     finally:
         logger.finish(exit_code=exit_code)
@@ -186,11 +230,16 @@ def _train(cfg, run_dir, student, tokenizer, data, ctx, device, logger) -> Dict[
     trainer, teacher = build_trainer(cfg, run_dir, student, tokenizer, data, ctx, device, logger)
     result = trainer.train()
     from .models import save_model
-    save_model(student, tokenizer, run_dir / "model",
-               extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name})
+    from .pipeline import export_student
+    # FSDP shards gathered (rank 0 gets the model, the others None), LoRA adapters merged.
+    student = export_student(cfg, trainer, student, tokenizer, ctx, device)
+    if student is not None:
+        save_model(student, tokenizer, run_dir / "model",
+                   extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name})
     return {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 2),
             "resumed_from": result.resumed_from, "skipped_steps": result.skipped_steps,
-            "tokens_trained": trainer.tokens_seen if hasattr(trainer, "tokens_seen") else None}
+            "tokens_trained": trainer.tokens_seen if hasattr(trainer, "tokens_seen") else None,
+            "world_size": trainer.world_size}, student
 
 
 def _log_results(logger, metrics: Dict[str, Any], run_dir: Path) -> None:

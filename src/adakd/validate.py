@@ -94,5 +94,56 @@ def validate_config(cfg: DictConfig) -> None:
     _range(e, "eval.top_p", ev.top_p, 0.0, 1.0, lo_open=True)
     _range(e, "eval.top_k", ev.top_k, 0, None)
     _range(e, "eval.max_samples", ev.max_samples, 1, None)
+    _model_paths(e, cfg.model)
+    _scale(e, cfg)
     if e:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(e))
+
+
+def _model_paths(errors: List[str], model) -> None:
+    """A local model or tokenizer directory that is not there fails now, not after the data and the
+    baselines (hub ids are left to the loader)."""
+    from .models import ModelLoadError, _check_local_or_hub
+
+    paths = []
+    for role in ("teacher", "student"):
+        spec = model.get(role)
+        if spec is not None and spec.get("source") == "pretrained" and spec.get("path"):
+            paths.append((f"model.{role}.path", str(spec.path)))
+    tok = model.get("tokenizer")
+    if tok and tok not in ("synthetic", "teacher"):
+        paths.append(("model.tokenizer", str(tok)))
+    for key, path in paths:
+        try:
+            _check_local_or_hub(path)
+        except ModelLoadError as err:
+            errors.append(f"{key}: {err}")
+
+
+def _scale(errors: List[str], cfg: DictConfig) -> None:
+    """Pruned students, LoRA settings, devices, FSDP (docs/scale.md)."""
+    import re
+
+    from .lora import KEYS as LORA_KEYS
+
+    for role in ("teacher", "student"):
+        spec = cfg.model.get(role)
+        if spec is None:
+            continue
+        if spec.get("source") == "pruned":
+            if role == "teacher":
+                errors.append("model.teacher.source=pruned: only a student is made by pruning the teacher")
+            elif (spec.get("keep_layers") is None) == (spec.get("every_k") is None):
+                errors.append("model.student.source=pruned needs exactly one of model.student.keep_layers "
+                              "(block indices) or model.student.every_k (keep blocks 0, k, 2k, ...)")
+        unknown = sorted(set(spec.get("lora") or {}) - set(LORA_KEYS))
+        if unknown:
+            errors.append(f"model.{role}.lora has unknown key(s) {unknown}; valid: {sorted(LORA_KEYS)}")
+        dev = spec.get("device")
+        if dev and not re.fullmatch(r"cpu|cuda(:\d+)?", str(dev)):
+            errors.append(f"model.{role}.device={dev!r}: use cpu, cuda or cuda:N")
+    t = cfg.train
+    if t.get("fsdp") and t.loss_impl == "fused":
+        errors.append("train.fsdp=true needs train.loss_impl=chunked or reference (the fused loss reads the "
+                      "LM head's weight outside the sharded forward)")
+    _range(errors, "train.preflight_margin", t.get("preflight_margin"), 0.0, 1.0, lo_open=True)

@@ -16,6 +16,7 @@ in float32 at least. Higher = harder. Row-wise metrics see one [n, V] chunk at a
 | random        | uniform [0, 1) from an explicit torch.Generator                      |
 | all           | 1 for every token: every token kept, tau = tau_base (no ranking)     |
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..losses import JensenShannon, compute_dtype, log_probs
-from ..losses.base import finite_diff
+from ..losses.base import kl_rows
 
 METRICS = ("hellinger", "fkl", "rkl", "jsd", "ce", "nmtkd", "entropy", "bhattacharyya", "random", "all")
 
@@ -58,11 +59,11 @@ def _nmtkd(lq: Tensor, lp: Tensor, k: int) -> Tensor:
     p, q = lp.exp(), lq.exp()
     p_tk, idx_t = p.topk(k, dim=-1)
     q_sk, idx_s = q.topk(k, dim=-1)
-    q_at_t = q.gather(-1, idx_t)                       # student prob of the teacher's top-k
-    p_at_s = p.gather(-1, idx_s)                       # teacher prob of the student's top-k
+    q_at_t = q.gather(-1, idx_t)  # student prob of the teacher's top-k
+    p_at_s = p.gather(-1, idx_s)  # teacher prob of the student's top-k
     top1 = F.relu(q_at_t - q_at_t[..., :1]).sum(-1)
-    prefers = p_tk.unsqueeze(-1) > p_at_s.unsqueeze(-2)          # [n, k(u), k(v)]
-    margin = F.relu(q_sk.unsqueeze(-2) - q_at_t.unsqueeze(-1))   # q_v - q_u
+    prefers = p_tk.unsqueeze(-1) > p_at_s.unsqueeze(-2)  # [n, k(u), k(v)]
+    margin = F.relu(q_sk.unsqueeze(-2) - q_at_t.unsqueeze(-1))  # q_v - q_u
     return top1 + (margin * prefers).sum((-1, -2))
 
 
@@ -112,9 +113,9 @@ class DifficultyMetric:
         if self.name == "hellinger":
             return _hellinger(lq, lp)
         if self.name == "fkl":
-            return (lp.exp() * finite_diff(lp, lq)).sum(-1)
+            return kl_rows(lp, lq)
         if self.name == "rkl":
-            return (lq.exp() * finite_diff(lq, lp)).sum(-1)
+            return kl_rows(lq, lp)
         if self.name == "jsd":
             return JensenShannon(beta=0.5).from_log_probs(lq, lp)
         if self.name == "bhattacharyya":
@@ -124,7 +125,14 @@ class DifficultyMetric:
         raise AssertionError(self.name)  # pragma: no cover
 
 
-def difficulty(metric: str, student_logits: Tensor, teacher_logits: Tensor, *, labels: Optional[Tensor] = None,
-               k: int = 5, generator: Optional[torch.Generator] = None) -> Tensor:
+def difficulty(
+    metric: str,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    labels: Optional[Tensor] = None,
+    k: int = 5,
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
     """Functional form: difficulty of each row of [N, V] logits -> [N] (no gradient)."""
     return DifficultyMetric(metric, k=k, generator=generator).rows(student_logits, teacher_logits, labels)

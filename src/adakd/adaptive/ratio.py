@@ -13,6 +13,7 @@ once per optimizer step, `state_dict()` / `load_state_dict()` for checkpoints.
   otherwise nothing changes.
 The fixed / linear / cosine schedules are the Table 4 ablations.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,9 @@ class RatioSchedule:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if state.get("kind") != self.kind:
-            raise ValueError(f"ratio schedule state is for {state.get('kind')!r}, this schedule is {self.kind!r}")
+            raise ValueError(
+                f"ratio schedule state is for {state.get('kind')!r}, this schedule is {self.kind!r}"
+            )
         self.step = int(state["step"])
         self._ratio = float(state["ratio"])
         self.total_steps = int(state.get("total_steps", self.total_steps))
@@ -59,9 +62,9 @@ class ConstantRatio(RatioSchedule):
 
     kind = "fixed"
 
-    def __init__(self, total_steps: int, ratio: float = 1.0):
+    def __init__(self, total_steps: int, ratio: float = 1.0, *, key: str = "ratio"):
         super().__init__(total_steps)
-        self._ratio = _check_ratio("ratio", ratio)
+        self._ratio = _check_ratio(key, ratio)
 
     def step_end(self, kd_loss: float) -> float:
         self.step += 1
@@ -107,8 +110,16 @@ class CosineRatio(_Interpolated):
 class LATFController(RatioSchedule):
     kind = "latf"
 
-    def __init__(self, total_steps: int, *, ema_beta: float = 0.99, warmup_frac: float = 0.05,
-                 epsilon: float = 0.05, delta: float = 0.05, ratio_min: float = 0.1):
+    def __init__(
+        self,
+        total_steps: int,
+        *,
+        ema_beta: float = 0.99,
+        warmup_frac: float = 0.05,
+        epsilon: float = 0.05,
+        delta: float = 0.05,
+        ratio_min: float = 0.1,
+    ):
         super().__init__(total_steps)
         check_range("latf", "ema_beta", ema_beta, 0.0, 1.0, hi_open=True)
         check_range("latf", "warmup_frac", warmup_frac, 0.0, 1.0)
@@ -123,7 +134,7 @@ class LATFController(RatioSchedule):
     @property
     def warmup_steps(self) -> int:
         # the 1e-9 keeps e.g. 0.29 * 100 (= 28.999999999999996 in binary) at the intended 29 steps
-        return int(math.floor(self.warmup_frac * self.total_steps + 1e-9))
+        return math.floor(self.warmup_frac * self.total_steps + 1e-9)
 
     def step_end(self, kd_loss: float) -> float:
         loss = float(kd_loss)
@@ -138,7 +149,7 @@ class LATFController(RatioSchedule):
             if self.step == self.warmup_steps:
                 self.l_ref = self.ema
             return self._ratio
-        if self.l_ref is None:          # no warm-up (W = 0) or resumed mid warm-up state
+        if self.l_ref is None:  # no warm-up (W = 0) or resumed mid warm-up state
             self.l_ref = self.ema
             return self._ratio
         if self.ema < self.l_ref * (1.0 - self.epsilon):
@@ -163,18 +174,34 @@ class LATFController(RatioSchedule):
 SCHEDULES = ("latf", "fixed", "linear", "cosine")
 
 
-def build_ratio_schedule(kind: str, total_steps: int, *, enabled: bool = True, ratio_start: float = 1.0,
-                         ratio_end: float = 0.75, ema_beta: float = 0.99, warmup_frac: float = 0.05,
-                         epsilon: float = 0.05, delta: float = 0.05, ratio_min: float = 0.1) -> RatioSchedule:
+def build_ratio_schedule(
+    kind: str,
+    total_steps: int,
+    *,
+    enabled: bool = True,
+    ratio_start: float = 1.0,
+    ratio_end: float = 0.75,
+    ema_beta: float = 0.99,
+    warmup_frac: float = 0.05,
+    epsilon: float = 0.05,
+    delta: float = 0.05,
+    ratio_min: float = 0.1,
+) -> RatioSchedule:
     """`enabled=False` (adakd.latf false) -> r = 1 always. `fixed` holds r = ratio_end throughout."""
     if kind not in SCHEDULES:
         raise ValueError(f"unknown ratio schedule {kind!r}; choose one of: {', '.join(SCHEDULES)}")
     if not enabled:
         return ConstantRatio(total_steps, 1.0)
     if kind == "latf":
-        return LATFController(total_steps, ema_beta=ema_beta, warmup_frac=warmup_frac, epsilon=epsilon,
-                              delta=delta, ratio_min=ratio_min)
+        return LATFController(
+            total_steps,
+            ema_beta=ema_beta,
+            warmup_frac=warmup_frac,
+            epsilon=epsilon,
+            delta=delta,
+            ratio_min=ratio_min,
+        )
     if kind == "fixed":
-        return ConstantRatio(total_steps, ratio_end)
+        return ConstantRatio(total_steps, ratio_end, key="ratio_end")
     cls = LinearRatio if kind == "linear" else CosineRatio
     return cls(total_steps, ratio_start, ratio_end)

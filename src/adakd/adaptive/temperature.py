@@ -20,6 +20,7 @@ tau_i and multiplies the token's divergence by tau_i^2. Interface shared by all 
 - logit standardisation (Sun et al. 2024): z-score each row of logits (mean and unbiased std over
   the finite entries, + 1e-7), then divide by tau_base.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ TEMPERATURES = ("constant", "ctkd", "logit_std")
 
 
 @torch.no_grad()
-def idts_temperatures(scores: Tensor, c: float = 0.5, tau_base: float = 1.0,
-                      direction: str = "inverse") -> Tensor:
+def idts_temperatures(
+    scores: Tensor, c: float = 0.5, tau_base: float = 1.0, direction: str = "inverse"
+) -> Tensor:
     """IDTS temperatures for the kept tokens' difficulties `scores` [k] -> tau [k] (detached)."""
     if direction not in DIRECTIONS:
         raise ValueError(f"IDTS direction must be one of {DIRECTIONS}, got {direction!r}")
@@ -44,7 +46,7 @@ def idts_temperatures(scores: Tensor, c: float = 0.5, tau_base: float = 1.0,
         return scores.new_empty(0)
     median = torch.median(scores)
     s_hat = torch.tanh(torch.log(scores / median))
-    s_hat = torch.nan_to_num(s_hat, nan=0.0)   # 0/0 (and negative rounding noise): as hard as the median
+    s_hat = torch.nan_to_num(s_hat, nan=0.0)  # 0/0 (and negative rounding noise): as hard as the median
     sign = -1.0 if direction == "inverse" else 1.0
     return tau_base * torch.exp(sign * c * s_hat)
 
@@ -65,8 +67,9 @@ class TemperaturePolicy:
     uses_difficulty = False
     standardize = False
 
-    def temperatures(self, scores_kept: Optional[Tensor], n_kept: int, device: torch.device,
-                     dtype: torch.dtype) -> Optional[Tensor]:  # pragma: no cover - overridden
+    def temperatures(
+        self, scores_kept: Optional[Tensor], n_kept: int, device: torch.device, dtype: torch.dtype
+    ) -> Optional[Tensor]:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def parameters(self) -> List[torch.nn.Parameter]:
@@ -140,8 +143,16 @@ def gradient_reversal(x: Tensor, lam: float) -> Tensor:
 class CTKDTemperature(TemperaturePolicy):
     name = "ctkd"
 
-    def __init__(self, total_steps: int, *, init: float = 1.0, lambda_start: float = 0.0,
-                 lambda_end: float = 1.0, ramp_frac: float = 1.0, tau_min: float = 0.1):
+    def __init__(
+        self,
+        total_steps: int,
+        *,
+        init: float = 1.0,
+        lambda_start: float = 0.0,
+        lambda_end: float = 1.0,
+        ramp_frac: float = 1.0,
+        tau_min: float = 0.1,
+    ):
         if int(total_steps) != total_steps or total_steps < 1:
             raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
         check_range("ctkd", "ramp_frac", float(ramp_frac), 0.0, 1.0)
@@ -154,12 +165,14 @@ class CTKDTemperature(TemperaturePolicy):
 
     @property
     def ramp_steps(self) -> int:
-        return max(1, int(math.floor(self.ramp_frac * self.total_steps + 1e-9)))
+        return max(1, math.floor(self.ramp_frac * self.total_steps + 1e-9))
 
     @property
     def lam(self) -> float:
         progress = min(self.step, self.ramp_steps) / self.ramp_steps
-        return self.lambda_end + (self.lambda_start - self.lambda_end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.lambda_end + (self.lambda_start - self.lambda_end) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )
 
     def temperatures(self, scores_kept, n_kept, device, dtype):
         tau = gradient_reversal(self.temperature, self.lam).clamp_min(self.tau_min)
@@ -186,19 +199,36 @@ class CTKDTemperature(TemperaturePolicy):
             self.temperature.fill_(float(state["temperature"]))
 
 
-def build_temperature(*, idts: bool, temperature: str = "constant", c: float = 0.5, tau_base: float = 1.0,
-                      direction: str = "inverse", total_steps: int = 1, ctkd_init: Optional[float] = None,
-                      ctkd_lambda_start: float = 0.0, ctkd_lambda_end: float = 1.0, ctkd_ramp_frac: float = 1.0,
-                      ctkd_tau_min: float = 0.1) -> TemperaturePolicy:
+def build_temperature(
+    *,
+    idts: bool,
+    temperature: str = "constant",
+    c: float = 0.5,
+    tau_base: float = 1.0,
+    direction: str = "inverse",
+    total_steps: int = 1,
+    ctkd_init: Optional[float] = None,
+    ctkd_lambda_start: float = 0.0,
+    ctkd_lambda_end: float = 1.0,
+    ctkd_ramp_frac: float = 1.0,
+    ctkd_tau_min: float = 0.1,
+) -> TemperaturePolicy:
     """adakd.idts true -> IDTS; false -> the `temperature` strategy (constant uses tau_base)."""
     if temperature not in TEMPERATURES:
-        raise ValueError(f"unknown temperature strategy {temperature!r}; choose one of: {', '.join(TEMPERATURES)}")
+        raise ValueError(
+            f"unknown temperature strategy {temperature!r}; choose one of: {', '.join(TEMPERATURES)}"
+        )
     if idts:
         return IDTS(c=c, tau_base=tau_base, direction=direction)
     if temperature == "constant":
         return ConstantTemperature(tau_base)
     if temperature == "logit_std":
         return LogitStandardization(tau_base)
-    return CTKDTemperature(total_steps, init=tau_base if ctkd_init is None else ctkd_init,
-                           lambda_start=ctkd_lambda_start, lambda_end=ctkd_lambda_end,
-                           ramp_frac=ctkd_ramp_frac, tau_min=ctkd_tau_min)
+    return CTKDTemperature(
+        total_steps,
+        init=tau_base if ctkd_init is None else ctkd_init,
+        lambda_start=ctkd_lambda_start,
+        lambda_end=ctkd_lambda_end,
+        ramp_frac=ctkd_ramp_frac,
+        tau_min=ctkd_tau_min,
+    )

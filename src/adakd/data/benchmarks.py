@@ -15,9 +15,10 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 from .example import Example
 from .prompts import render_prompt
@@ -50,7 +51,7 @@ _UINST_HINT = (
     "and is never used in its place; ask for it by its own name for smoke runs only."
 )
 
-BENCHMARKS: Dict[str, BenchmarkSpec] = {
+BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in [
         BenchmarkSpec("dolly", {"train": "dolly/train.jsonl", "dev": "dolly/dev.jsonl",
@@ -67,7 +68,8 @@ BENCHMARKS: Dict[str, BenchmarkSpec] = {
                       "Unnatural Instructions, 10k samples with responses of 11+ words",
                       missing_hint=_UINST_HINT),
         BenchmarkSpec("uinst-short", {"test": "uinst-short/test.jsonl"}, {"test": 1050},
-                      "short-answer slice of Unnatural Instructions: smoke/proxy only, NOT the UnNI benchmark"),
+                      "short-answer slice of Unnatural Instructions: smoke/proxy only, "
+                      "NOT the UnNI benchmark"),
     ]
 }
 
@@ -82,7 +84,7 @@ class SourceFile:
     n: int = 0
     prompt_mismatches: int = 0   # lines whose `prompt` differs from the rendered template
 
-    def as_dict(self) -> Dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -122,7 +124,7 @@ def get_spec(name: str, split: str = "test") -> BenchmarkSpec:
 
 
 def benchmark_file(name: str, root: str | os.PathLike | None = None, split: str = "test", *,
-                   hub_repo: Optional[str] = None) -> Path:
+                   hub_repo: str | None = None) -> Path:
     """Local path of a benchmark file, downloading it from ``hub_repo`` only when no root is set."""
     spec = get_spec(name, split)
     rel = spec.files[split]
@@ -145,7 +147,7 @@ def _download(repo: str, rel: str, spec: BenchmarkSpec) -> Path:
         raise DataError(f"could not download {rel} from the dataset repository {repo!r}: {e}. {hint}") from e
 
 
-def _references(output: Any, where: str) -> List[str]:
+def _references(output: Any, where: str) -> list[str]:
     refs = output if isinstance(output, list) else [output]
     if not refs:
         raise DataError(f"{where}: 'output' is an empty list (no reference)")
@@ -157,7 +159,7 @@ def _references(output: Any, where: str) -> List[str]:
     return list(refs)
 
 
-def _parse(record: Any, where: str, require_prompt: bool) -> tuple[str, str, Optional[str], List[str]]:
+def _parse(record: Any, where: str, require_prompt: bool) -> tuple[str, str, str | None, list[str]]:
     if not isinstance(record, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
     required = ("instruction", "output", "prompt") if require_prompt else ("instruction", "output")
@@ -177,7 +179,7 @@ def _parse(record: Any, where: str, require_prompt: bool) -> tuple[str, str, Opt
 
 
 def read_examples(path: str | os.PathLike, *, benchmark: str = "", split: str = "test",
-                  require_prompt: bool = True) -> List[Example]:
+                  require_prompt: bool = True) -> list[Example]:
     """Parse and validate one JSON-lines benchmark file; every error names the file and the line.
 
     A record's own ``prompt`` is what the model sees. When it differs from the Alpaca template
@@ -188,7 +190,7 @@ def read_examples(path: str | os.PathLike, *, benchmark: str = "", split: str = 
     path = Path(path)
     source = SourceFile(benchmark=benchmark or path.parent.name, split=split, path=str(path),
                         sha256=file_sha256(path))
-    examples: List[Example] = []
+    examples: list[Example] = []
     first_mismatch = None
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -206,7 +208,7 @@ def read_examples(path: str | os.PathLike, *, benchmark: str = "", split: str = 
             elif prompt != rendered:
                 source.prompt_mismatches += 1
                 first_mismatch = first_mismatch or lineno
-            meta: Dict[str, Any] = {"source": source, "line": lineno}
+            meta: dict[str, Any] = {"source": source, "line": lineno}
             for key in ("topic", "category"):
                 if key in record:
                     meta[key] = record[key]
@@ -223,7 +225,7 @@ def read_examples(path: str | os.PathLike, *, benchmark: str = "", split: str = 
 
 
 def load_benchmark(name: str, root: str | os.PathLike | None = None, split: str = "test", *,
-                   hub_repo: Optional[str] = None, require_prompt: bool = True) -> List[Example]:
+                   hub_repo: str | None = None, require_prompt: bool = True) -> list[Example]:
     """Examples of one benchmark split; see the module docstring for where the file is looked up."""
     path = benchmark_file(name, root, split, hub_repo=hub_repo)
     examples = read_examples(path, benchmark=name, split=split, require_prompt=require_prompt)
@@ -234,9 +236,9 @@ def load_benchmark(name: str, root: str | os.PathLike | None = None, split: str 
     return examples
 
 
-def source_files(examples: List[Example]) -> List[Dict[str, Any]]:
+def source_files(examples: list[Example]) -> list[dict[str, Any]]:
     """The distinct source files (path, sha256, n, prompt mismatches) behind a list of examples."""
-    seen: Dict[int, SourceFile] = {}
+    seen: dict[int, SourceFile] = {}
     for ex in examples:
         src = ex.meta.get("source")
         if isinstance(src, SourceFile):

@@ -15,7 +15,7 @@ sample over the limits is a setting:
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 
@@ -54,12 +54,12 @@ def apply_chat_template(tokenizer: Any, prompt: str) -> str:
     )
 
 
-def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> List[int]:
+def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
 def tokenize_pair(tokenizer: Any, prompt: str, response: str, *,
-                  add_special_tokens: bool = True) -> tuple[List[int], List[int]]:
+                  add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
     """Token ids of the prompt and of the response as the model sees them in one sequence.
 
     Tokenising ``prompt + response`` and cutting at the prompt's length (as MiniLLM does) gives the
@@ -76,7 +76,7 @@ def tokenize_pair(tokenizer: Any, prompt: str, response: str, *,
 
 def encode_example(tokenizer: Any, prompt: str, response: str, *, max_prompt_len: int = 256,
                    max_len: int = 512, overlong: str = "drop", add_eos: bool = True,
-                   add_special_tokens: bool = True) -> Optional[Dict[str, List[int]]]:
+                   add_special_tokens: bool = True) -> dict[str, list[int]] | None:
     """Token ids and token-aligned labels of one training sample, or None when it is dropped.
 
     ``labels[i]`` is the target *at* position i (same indexing as ``input_ids``): -100 on prompt
@@ -106,7 +106,7 @@ def encode_example(tokenizer: Any, prompt: str, response: str, *, max_prompt_len
     }
 
 
-def collate_train(batch: List[Dict[str, List[int]]], pad_id: int) -> Dict[str, torch.Tensor]:
+def collate_train(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of `encode_example` outputs into tensors; padding gets label -100."""
     if not batch:
         raise ValueError("empty batch")

@@ -7,6 +7,7 @@
 Adding a divergence: one class (subclass of `Divergence`, `from_log_probs`) registered below, plus
 `conf/method/<name>.yaml`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Type
@@ -25,8 +26,16 @@ from .tvd import TotalVariation
 
 DIVERGENCES: Dict[str, Type[Divergence]] = {
     cls.name: cls
-    for cls in (ForwardKL, ReverseKL, JensenShannon, TotalVariation, SkewForwardKL, SkewReverseKL,
-                AlphaBeta, AdaptiveKL)
+    for cls in (
+        ForwardKL,
+        ReverseKL,
+        JensenShannon,
+        TotalVariation,
+        SkewForwardKL,
+        SkewReverseKL,
+        AlphaBeta,
+        AdaptiveKL,
+    )
 }
 
 
@@ -43,6 +52,19 @@ def per_token(name: str, student_logits: Tensor, teacher_logits: Tensor, **param
     return build_divergence(name, **params).per_token(student_logits, teacher_logits)
 
 
-__all__ = ["DIVERGENCES", "Divergence", "build_divergence", "per_token", "compute_dtype", "log_probs",
-           "ForwardKL", "ReverseKL", "JensenShannon", "TotalVariation", "SkewForwardKL", "SkewReverseKL",
-           "AlphaBeta", "AdaptiveKL"]
+__all__ = [
+    "DIVERGENCES",
+    "Divergence",
+    "build_divergence",
+    "per_token",
+    "compute_dtype",
+    "log_probs",
+    "ForwardKL",
+    "ReverseKL",
+    "JensenShannon",
+    "TotalVariation",
+    "SkewForwardKL",
+    "SkewReverseKL",
+    "AlphaBeta",
+    "AdaptiveKL",
+]

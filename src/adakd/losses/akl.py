@@ -10,6 +10,7 @@ with the weights detached (no gradient flows through the head/tail split). The r
 code puts the slot that crosses mu into the tail (head = cumulative <= mu, plus the top slot); here
 it belongs to the head, as "smallest prefix reaching mu" says.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,8 +37,9 @@ class AdaptiveKL(Divergence):
             err = (p - q).abs()
             g_head = (err * head).sum(-1)
             total = err.sum(-1)
-            return torch.where(total > 0, g_head / total.clamp_min(torch.finfo(p.dtype).tiny),
-                               torch.full_like(total, 0.5))
+            return torch.where(
+                total > 0, g_head / total.clamp_min(torch.finfo(p.dtype).tiny), torch.full_like(total, 0.5)
+            )
 
     def from_log_probs(self, lq: Tensor, lp: Tensor) -> Tensor:
         w_head = self.head_weight(lq, lp)

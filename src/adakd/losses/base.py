@@ -7,11 +7,14 @@ log-probabilities plus one tail bucket) can later be served by handing in [N, k+
 
 Numerics:
 - math runs in float32 at least: bf16/fp16 inputs are upcast, float64 stays float64;
-- `-inf` logits are zero-probability slots: 0·log 0 counts 0. A term that would be +inf (one
-  distribution has mass where the other has exactly zero probability) is dropped, the convention
-  of the MiniLLM/DistiLLM code, so a loss stays finite and its gradient NaN-free. Every value that
-  is finite in exact math is computed exactly.
+- `-inf` logits are zero-probability slots: 0·log 0 counts 0. Where a log-ratio would be infinite
+  (one distribution has mass on a slot where the other has probability exactly 0), that zero is
+  floored at the smallest normal number of the compute dtype (log tiny = -87.3 in float32, -708.4
+  in float64). So the loss stays finite and >= 0, its gradient is NaN-free and still pushes mass off
+  the impossible token; every value that is finite in exact math is computed exactly. (The MiniLLM /
+  DistiLLM code drops such terms instead, which can make a KL negative and push the wrong way.)
 """
+
 from __future__ import annotations
 
 import math
@@ -32,19 +35,26 @@ def log_probs(logits: Tensor, dtype: torch.dtype) -> Tensor:
     return F.log_softmax(logits.to(dtype), dim=-1)
 
 
-def finite_diff(a: Tensor, b: Tensor) -> Tensor:
-    """a - b with non-finite results set to 0.
+def log_floor(dtype: torch.dtype) -> float:
+    """log of the smallest normal number: the stand-in for log 0 where a log-ratio would be infinite."""
+    return math.log(torch.finfo(dtype).tiny)
 
-    Where the weight in front of it is zero (a = -inf) the term is 0 anyway; where it is not
-    (b = -inf) the term is infinite and dropped by convention. `nan_to_num` also masks the
-    gradient there, so no NaN leaks into the backward pass.
+
+def log_ratio(lw: Tensor, lo: Tensor) -> Tensor:
+    """log w - log o for the terms w·log(w/o): exact where both are finite.
+
+    lo = -inf (o = 0 under positive w) is floored at `log_floor`; lw = -inf (w = 0) gives 0, the
+    limit of w·log(w/o). `nan_to_num` keeps finite entries bit-exact and masks the gradient of the
+    replaced ones, so no NaN reaches the backward pass. NaN inputs stay NaN.
     """
-    return torch.nan_to_num(a - b, nan=0.0, posinf=0.0, neginf=0.0)
+    nan = float("nan")
+    lo = torch.nan_to_num(lo, nan=nan, neginf=log_floor(lo.dtype))
+    return torch.nan_to_num(lw - lo, nan=nan, neginf=0.0)
 
 
 def kl_rows(lw: Tensor, lo: Tensor) -> Tensor:
     """Per-row KL(w || o) from log-probabilities: sum_v w_v (log w_v - log o_v)."""
-    return (lw.exp() * finite_diff(lw, lo)).sum(-1)
+    return (lw.exp() * log_ratio(lw, lo)).sum(-1)
 
 
 def log_mix(la: Tensor, lb: Tensor, wa: float) -> Tensor:
@@ -103,7 +113,8 @@ class Divergence:
             raise ValueError(
                 f"{self.name}: student logits {tuple(student_logits.shape)} and teacher logits "
                 f"{tuple(teacher_logits.shape)} differ in shape (align vocabularies first: "
-                "adakd.objective.align_vocab)")
+                "adakd.objective.align_vocab)"
+            )
         dtype = compute_dtype(student_logits, teacher_logits)
         return self.from_log_probs(log_probs(student_logits, dtype), log_probs(teacher_logits, dtype))
 
@@ -126,11 +137,19 @@ class Divergence:
         return values.detach(), grad
 
 
-def check_range(name: str, key: str, value: float, lo: Optional[float], hi: Optional[float],
-                lo_open: bool = False, hi_open: bool = False) -> None:
+def check_range(
+    name: str,
+    key: str,
+    value: float,
+    lo: Optional[float],
+    hi: Optional[float],
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
     """Raise ValueError naming the valid interval when value is outside it."""
-    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or \
-          (hi is not None and (value > hi or (hi_open and value == hi)))
+    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
+        hi is not None and (value > hi or (hi_open and value == hi))
+    )
     if bad:
         left = "(" if lo_open else "["
         right = ")" if hi_open else "]"

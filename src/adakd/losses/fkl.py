@@ -1,11 +1,12 @@
 """Forward KL: KL(p || q) = sum_v p_v (log p_v - log q_v) (teacher p, student q)."""
+
 from __future__ import annotations
 
 from typing import Tuple
 
 from torch import Tensor
 
-from .base import Divergence, compute_dtype, finite_diff, kl_rows, log_probs
+from .base import Divergence, compute_dtype, kl_rows, log_probs, log_ratio
 
 
 class ForwardKL(Divergence):
@@ -18,12 +19,12 @@ class ForwardKL(Divergence):
 
     def value_and_grad(self, student_logits: Tensor, teacher_logits: Tensor) -> Tuple[Tensor, Tensor]:
         # d/ds_j sum_v p_v (log p_v - log q_v) = q_j * P - p_j * m_j, where m_j = 1 on slots the
-        # student can reach (dropped +inf terms have no gradient) and P = sum_v p_v m_v (= 1 normally).
+        # student can reach (a floored log 0 is a constant: no gradient) and P = sum_v p_v m_v (= 1 normally).
         dtype = compute_dtype(student_logits, teacher_logits)
         lq = log_probs(student_logits.detach(), dtype)
         lp = log_probs(teacher_logits.detach(), dtype)
         reach = lq.isfinite()
-        d = finite_diff(lp, lq)
+        d = log_ratio(lp, lq)
         p = lp.exp_()
         values = d.mul_(p).sum(-1)
         del d

@@ -5,6 +5,7 @@ beta = 0.1 is the released AdaKD code's mixture (m = 0.1 p + 0.9 q). The endpoin
 beta = 1 are identically zero; near them JSD_beta / beta -> KL(p || q) and
 JSD_beta / (1 - beta) -> KL(q || p).
 """
+
 from __future__ import annotations
 
 from torch import Tensor

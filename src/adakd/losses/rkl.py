@@ -1,11 +1,12 @@
 """Reverse KL: KL(q || p) = sum_v q_v (log q_v - log p_v) (student q, teacher p)."""
+
 from __future__ import annotations
 
 from typing import Tuple
 
 from torch import Tensor
 
-from .base import Divergence, compute_dtype, kl_rows, log_probs
+from .base import Divergence, compute_dtype, kl_rows, log_floor, log_probs
 
 
 class ReverseKL(Divergence):
@@ -17,16 +18,18 @@ class ReverseKL(Divergence):
         return kl_rows(lq, lp)
 
     def value_and_grad(self, student_logits: Tensor, teacher_logits: Tensor) -> Tuple[Tensor, Tensor]:
-        # With d_v = log q_v - log p_v: d/ds_j sum_v q_v d_v = q_j (e_j - sum_v q_v e_v), e = d + 1
-        # on slots the teacher can reach; a dropped +inf term (p_v = 0) has e_v = 0. Two [N, V]
-        # buffers are reused in place: lp becomes d then the gradient, lq becomes q.
+        # With d_v = log q_v - log p_v: d/ds_j sum_v q_v d_v = q_j (e_j - sum_v q_v e_v), e = d + 1.
+        # log p = -inf is floored (a constant), so e = d + 1 holds on every slot with q_v > 0; where
+        # q_v = 0 the factor q_j makes it irrelevant. Two [N, V] buffers are reused in place: lp
+        # becomes d, then e, then the gradient; lq becomes q.
         dtype = compute_dtype(student_logits, teacher_logits)
         lq = log_probs(student_logits.detach(), dtype)
         lp = log_probs(teacher_logits.detach(), dtype)
-        reach = lp.isfinite()
-        d = lp.neg_().add_(lq).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        nan = float("nan")
+        lp.nan_to_num_(nan=nan, neginf=log_floor(dtype))
+        d = lp.neg_().add_(lq).nan_to_num_(nan=nan, neginf=0.0)
         q = lq.exp_()
         values = (q * d).sum(-1)
-        e = d.add_(reach)
+        e = d.add_(1.0)
         grad = e.sub_((q * e).sum(-1, keepdim=True)).mul_(q)
         return values, grad

@@ -3,6 +3,7 @@
 The true KL, teacher-entropy term included (the released code's version is a cross-entropy: the
 same gradient for the student, a different logged value). alpha = 0 is exactly fkl.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

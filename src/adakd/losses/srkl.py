@@ -1,4 +1,5 @@
 """Skew reverse KL (DistiLLM): KL(q || alpha·q + (1 - alpha)·p). alpha = 0 is exactly rkl."""
+
 from __future__ import annotations
 
 from torch import Tensor

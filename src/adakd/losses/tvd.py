@@ -1,4 +1,5 @@
 """Total variation distance: 1/2 sum_v |p_v - q_v|."""
+
 from __future__ import annotations
 
 from torch import Tensor

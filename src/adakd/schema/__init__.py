@@ -24,7 +24,8 @@ class ModelSpec:
     init_seed: int = 0
     keep_layers: Optional[List[int]] = None
     every_k: Optional[int] = None
-    dtype: str = "float32"              # weights dtype at load (teacher may be bf16/fp16 on GPU)
+    dtype: str = "float32"              # weights dtype at load (teacher may be bf16/fp16 on GPU; fp32 on CPU)
+    device: Optional[str] = None        # teacher only: e.g. cuda:1 to keep it off the student's GPU
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
     lora: Dict[str, Any] = field(default_factory=dict)    # {r, alpha, dropout, target_modules}; empty = off
@@ -92,6 +93,9 @@ class TrainConfig:
     val_every: int = 0               # steps between validation-loss evaluations (0 = never)
     nonfinite: str = "stop"          # stop | skip (skip the step, up to max_nonfinite_skips)
     max_nonfinite_skips: int = 10
+    fsdp: bool = False               # shard the student with FSDP2 across the torchrun processes
+    preflight: bool = True           # estimate memory from the configs before loading weights; refuse if short
+    preflight_margin: float = 0.9    # warn when the estimate exceeds this fraction of the free memory
 
 
 @dataclass
@@ -126,6 +130,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     run: RunSection = field(default_factory=RunSection)
+    # A table preset's definition (experiments/table*.yaml): rows, their overrides, the paper's numbers.
+    # Read by the sweep and the renderer (adakd.sweep, adakd.report); not part of a run's identity.
+    table: Optional[Dict[str, Any]] = None
 
 
 def register_configs() -> None:

@@ -1,4 +1,5 @@
 """Structured configs of the `method` and `adakd` groups (the KD objective)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,8 +27,8 @@ class MethodConfig:
 class AdakdConfig:
     # Preset name (conf/adakd/<name>.yaml): full, latf, idts, none.
     name: str = "full"
-    latf: bool = True          # token selection (ratio < 1 allowed)
-    idts: bool = True          # per-token temperatures
+    latf: bool = True  # token selection (ratio < 1 allowed)
+    idts: bool = True  # per-token temperatures
     metric: str = "hellinger"  # difficulty metric used for selection and IDTS
     nmtkd_k: int = 5
     # LATF ratio: "latf" (loss-trend controller) or the Table 4 ablations fixed / linear / cosine
