@@ -107,7 +107,10 @@ def test_trainer_accumulation_follows_world_size():
 def test_torchrun_runner_end_to_end_with_fsdp(tmp_path):
     """`torchrun -m adakd.cli` (2 gloo processes, FSDP): teacher fine-tuned by both, rank 0 evaluates, and the
     distillation's loss trajectory equals the one-process run's (same global batch)."""
-    base = ["experiment=smoke", "train.threads=1", "logger=none", "run.progress=false", "run.baselines=[teacher]"]
+    # the same micro batches in both (the teacher's fine-tune recipe has micro = global = 16: under two processes
+    # it would be cut to each one's share, 8, and a per-micro-batch token mean weighs tokens differently)
+    base = ["experiment=smoke", "train.threads=1", "logger=none", "run.progress=false", "run.baselines=[teacher]",
+            "model.teacher.finetune.micro_batch=8"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "adakd.cli", *base, "train.fsdp=true", f"run.output_root={tmp_path / 'two'}"],
                          env=_env(), capture_output=True, text=True, timeout=600)

@@ -244,6 +244,9 @@ def get_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx, device) -> Tuple
         model = _build(spec, tokenizer, device=tdev)
         return model, {"teacher": spec.path or "scratch", "source": spec.source, "recipe": key}
 
+    if spec.lora and not spec.finetune:
+        log.warning("model.teacher.lora applies to the teacher's fine-tuning (model.teacher.finetune), which is "
+                    "not set: the teacher is used as loaded")
     # Half precision on GPU (model.teacher.dtype), fp32 on CPU; optionally on its own device.
     tdev = teacher_device(cfg, device)
     model, info = ctx.get(f"teacher:{key}", build)

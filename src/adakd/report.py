@@ -410,7 +410,7 @@ def bar_data(table: Table, cs) -> List[Dict[str, Any]]:
 
 
 def write_outputs(table: Table, compare: bool = False, alpha: float = 0.05) -> Tuple[Dict[str, Path], bool]:
-    """Write md, csv, tex and the bar chart; returns (paths, changed: the markdown differs from the last one)."""
+    """Write md, csv, tex and the bar chart; returns (paths, changed: the markdown differs from before)."""
     from .io import atomic_write_text
     cs = cells(table, alpha)
     stem = table.out_stem
@@ -474,7 +474,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     table = collect(a.table, a.scale, a.overrides)
     if a.only_if_complete and problems(table):
-        print(f"{len(problems(table))} of {len(table.rows)} rows not finished: running the sweep", file=sys.stderr)
+        print(f"{len(problems(table))} of {len(table.rows)} rows not finished: running the sweep",
+              file=sys.stderr)
         return INCOMPLETE
     if a.only_if_complete:
         print(f"all {len(table.rows)} rows finished: rendering only (no sweep)", file=sys.stderr)

@@ -176,8 +176,9 @@ class Trainer:
         self.micro_batch = int(train_cfg.micro_batch)
         share, rem = divmod(int(train_cfg.global_batch), world_size)
         if not rem and self.micro_batch > share:
-            log.info("micro batch %d -> %d: the share of each of %d processes of global batch %d",
-                     self.micro_batch, share, world_size, train_cfg.global_batch)
+            log.warning("micro batch %d -> %d: the share of each of %d processes of global batch %d (the result "
+                        "then matches one process with micro_batch=%d)", self.micro_batch, share, world_size,
+                        train_cfg.global_batch, share)
             self.micro_batch = share
         per_step = self.micro_batch * world_size
         if train_cfg.global_batch % per_step:

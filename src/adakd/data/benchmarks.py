@@ -200,7 +200,7 @@ def read_examples(path: str | os.PathLike, *, benchmark: str = "", split: str = 
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+                raise DataError(f"{where}: invalid JSON ({e.msg.removesuffix(' at')}, column {e.colno})") from None
             instruction, inp, prompt, refs = _parse(record, where, require_prompt)
             rendered = render_prompt(instruction, inp)
             if prompt is None:
