@@ -49,6 +49,7 @@ bench: install ## performance benchmarks (JSON to outputs/bench/)
 	mkdir -p outputs/bench
 	$(PY) -m adakd.bench.loss --json | tee outputs/bench/loss.json
 	ADAKD_DATA_DIR=$(DATA) $(PY) -m adakd.bench.generate --json | tee outputs/bench/generate.json
+	ADAKD_DATA_DIR=$(DATA) $(PY) -m adakd.bench.teacher_cache --json | tee outputs/bench/teacher_cache.json
 
 teacher: install ## rebuild the shipped synthetic teacher with the project's own recipe
 	$(PY) -m adakd.assets_build

@@ -32,7 +32,7 @@ def data(n: int = 64, seed: int = 0):
     """Encoded examples: prompt tokens (label -100) then response tokens, varied lengths."""
     g = torch.Generator().manual_seed(seed)
     out = []
-    for i in range(n):
+    for _ in range(n):
         p_len = 3 + int(torch.randint(0, 6, (1,), generator=g))
         r_len = 2 + int(torch.randint(0, 8, (1,), generator=g))
         ids = torch.randint(1, VOCAB, (p_len + r_len,), generator=g).tolist()

@@ -208,11 +208,33 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[str], keys: Seque
         raise ValueError("batch_size and max_prompt_len must be >= 1, max_new_tokens >= 0")
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
+    encoded = _encode_prompts(tokenizer, prompts, max_prompt_len, prompt_truncation, add_special_tokens)
+    return generate_from_ids(model, tokenizer, encoded, keys, seed=seed, max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_k=top_k, top_p=top_p,
+                             no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size,
+                             progress=progress, pbar=pbar)
+
+
+def generate_from_ids(model: Any, tokenizer: Any, encoded: Sequence[Sequence[int]], keys: Sequence[str], *,
+                      seed: int, max_new_tokens: int = 256, temperature: float = 1.0, top_k: int = 0,
+                      top_p: float = 1.0, no_repeat_ngram_size: int = 0, batch_size: int = 16,
+                      progress: bool = True, pbar: Any = None) -> list[list[int]]:
+    """`generate_ids` for prompts that are token ids already (the training recipes sample from the prompt
+    tokens of a training batch, so no decode/encode round trip can change them). Same streams: an
+    example's sample depends only on (seed, key), the model and the prompt ids."""
+    if len(encoded) != len(keys):
+        raise ValueError(f"{len(encoded)} prompts but {len(keys)} keys")
+    if batch_size < 1 or max_new_tokens < 0:
+        raise ValueError("batch_size must be >= 1, max_new_tokens >= 0")
+    if not encoded or max_new_tokens == 0:
+        return [[] for _ in encoded]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("every prompt needs at least one token")
+    encoded = [list(map(int, ids)) for ids in encoded]
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
     device = next(model.parameters()).device
     params = _forward_params(model)
-    encoded = _encode_prompts(tokenizer, prompts, max_prompt_len, prompt_truncation, add_special_tokens)
 
     limit = _max_positions(model)
     longest = max(len(ids) for ids in encoded)
@@ -264,4 +286,4 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], keys: Sequence[
     return [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
 
 
-__all__ = ["example_seed", "generate", "generate_ids"]
+__all__ = ["example_seed", "generate", "generate_from_ids", "generate_ids"]

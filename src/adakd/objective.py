@@ -110,6 +110,8 @@ def token_values(
     div: Divergence, s_rows: Tensor, t_rows: Tensor, tau: Optional[Tensor], standardize: bool = False
 ) -> Tensor:
     """tau_i^2 · D(prep(s_i)/tau_i, prep(t_i)/tau_i) for each row (differentiable)."""
+    if getattr(div, "sparse_teacher", False):  # t_rows: a top-k teacher (losses/sparse.py, teacher cache)
+        return div.token_values(s_rows, t_rows, tau, standardize)
     dtype = compute_dtype(s_rows, t_rows)
     values = div.per_token(_scaled(s_rows, tau, dtype, standardize), _scaled(t_rows, tau, dtype, standardize))
     return values if tau is None else values * tau.to(dtype).square()
@@ -225,6 +227,29 @@ class _LogitRows:
             target[ch.span[0] : ch.span[1]] = g
         else:
             target.index_copy_(0, ch.index, g.to(buffer.dtype))
+
+
+class _SparseTeacherRows(_LogitRows):
+    """Student logit rows and a top-k teacher (`losses.sparse.TeacherTopK`) by flat token index."""
+
+    def __init__(self, student: Tensor, teacher: Any, dense: bool = False):
+        self.student_in, self.s = student, _flat_view(student)
+        self.top = teacher.flat()
+        self.v = student.shape[-1]
+        self.dtype = compute_dtype(student, teacher.logprobs)
+        self.device = student.device
+        self.dense = dense  # rows as [n, V] log-probabilities: top-k exact, the tail spread evenly
+
+    def teacher(self, ch: _Chunk) -> Any:
+        rows = self.top.slice(*ch.span) if ch.span is not None else self.top.index_select(ch.index)
+        if self.dense:
+            from .losses.sparse import dense_teacher
+
+            return dense_teacher(rows, self.v, self.dtype)
+        return rows
+
+    def owned(self, ch: _Chunk) -> Tuple[bool, bool]:
+        return ch.span is None or self.s is None, True
 
 
 class _HiddenRows:
@@ -719,6 +744,50 @@ class KDObjective:
         impl = "reference" if self.impl == "reference" else "chunked"
         src = (_ReferenceRows if impl == "reference" else _LogitRows)(student_logits, teacher_logits, v)
         return _kd(src, (student_logits,), labels, impl=impl, fused=False, **self._options(telemetry))
+
+    def forward_sparse(
+        self,
+        student_logits: Tensor,
+        teacher: Any,
+        labels: Tensor,
+        telemetry: bool = False,
+        tail: str = "student",
+        form: str = "dense",
+    ) -> Tuple[Tensor, Dict[str, Any]]:
+        """The same loss against a top-k teacher (`losses.sparse.TeacherTopK`, e.g. from the teacher cache).
+
+        form "dense": the teacher row is rebuilt over the whole vocabulary (top-k exact, the tail mass spread
+        evenly over the other tokens) and the usual divergence / difficulty code runs on it; "buckets": both
+        distributions are reduced to k + 1 buckets (top-k and tail; `tail` is then the teacher-tail
+        approximation under tau != 1). adakd.losses.sparse. Always the chunked path."""
+        from .losses.sparse import FORMS, BucketDivergence, BucketMetric
+
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+
+        if tuple(teacher.shape) != tuple(student_logits.shape[:-1]) or tuple(labels.shape) != tuple(
+            student_logits.shape[:-1]
+        ):
+            raise ValueError(
+                f"student logits {tuple(student_logits.shape)}, top-k teacher rows {tuple(teacher.shape)} and "
+                f"labels {tuple(labels.shape)} must agree in all but the logits' last dimension"
+            )
+        if self.temperature.standardize:
+            raise ValueError(
+                "adakd.temperature=logit_std standardises the teacher's full logits, which a top-k teacher "
+                "cache does not have; use the live teacher (train.teacher_cache.enabled=false)"
+            )
+        if teacher.ids.numel() and int(teacher.ids.max()) >= student_logits.shape[-1]:
+            raise ValueError(
+                f"top-k teacher ids reach {int(teacher.ids.max())}, beyond the student's "
+                f"{student_logits.shape[-1]} logits (the cache was built for another vocabulary)"
+            )
+        src = _SparseTeacherRows(student_logits, teacher, dense=form == "dense")
+        options = self._options(telemetry)
+        if form == "buckets":
+            options["div"] = None if self.divergence is None else BucketDivergence(self.divergence, tail=tail)
+            options["metric"] = BucketMetric(self.metric)
+        return _kd(src, (student_logits,), labels, impl="chunked", fused=False, **options)
 
     def forward_hidden(
         self,

@@ -167,7 +167,7 @@ def check_pair_tokenizers(cfg: DictConfig, tokenizer, tokenizer_path: str, ctx) 
         spec = cfg.model[role]
         if spec.source != "pretrained" or not spec.path or str(spec.path) == str(tokenizer_path):
             continue
-        own = ctx.get(f"tok:{spec.path}", lambda: load_tokenizer(str(spec.path), spec.trust_remote_code))
+        own = ctx.get(f"tok:{spec.path}", lambda s=spec: load_tokenizer(str(s.path), s.trust_remote_code))
         try:
             check_same_tokenizer(tokenizer, own)
         except ValueError as e:
@@ -417,6 +417,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
                                     chunk_size=cfg.train.loss_chunk_size, seed=int(cfg.train.seed))
     d = _dist()
     amp = autocast_dtype(cfg.train.precision, device)
+    from .models import lm_parts
+    student_vocab = int(lm_parts(student)[1].weight.shape[0])   # before any FSDP wrapping
     if cfg.train.fsdp and d.enabled:
         from .distributed import wrap_fsdp
         if objective is not None and list(objective.parameters()):
@@ -433,12 +435,21 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
         from .recipes import build_recipe
         batch_source = build_recipe(cfg, student=student, teacher=teacher, tokenizer=tokenizer, data=data,
                                     ctx=ctx, device=device, run_dir=run_dir)
-    trainer = Trainer(
+        if hasattr(batch_source, "train_data"):   # seqkd: the teacher's (cached) responses replace the dataset's
+            encoded = batch_source.train_data(encoded)
+    trainer_cls, extra = Trainer, {}
+    if teacher is not None and cfg.train.teacher_cache.enabled:   # off-policy: the teacher's top-k from disk
+        from .teacher_cache import CachedTeacherTrainer, load_or_build
+        cache = load_or_build(cfg, teacher, encoded, student_vocab=student_vocab, pad_id=tokenizer.pad_token_id,
+                              device=device, autocast_dtype=amp)
+        trainer_cls, extra = CachedTeacherTrainer, {"cache": cache, "tail": str(cfg.train.teacher_cache.tail)}
+    trainer = trainer_cls(
         student=student, teacher=teacher, train_data=encoded,
         collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective,
         method_cfg=cfg.method, train_cfg=cfg.train, run_dir=run_dir, logger=logger, device=device,
         total_steps=total, progress=cfg.run.progress, batch_source=batch_source,
         telemetry_every=int(cfg.adakd.telemetry_every) if objective is not None else 0,
         autocast_dtype=amp, world_size=d.world_size, rank=d.rank,
+        on_step_end=getattr(batch_source, "on_step_end", None), **extra,
     )
     return trainer, teacher

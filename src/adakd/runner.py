@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -51,6 +51,10 @@ def semantic_config(cfg: DictConfig) -> Dict[str, Any]:
             c.get("model", {}).pop("student", None)
     elif c.get("method", {}).get("recipe") == "sft":
         c.pop("adakd", None)
+    # The teacher cache off is the plain live-teacher run: same directory as before the setting existed.
+    train = c.get("train") or {}
+    if not (train.get("teacher_cache") or {}).get("enabled", False):
+        train.pop("teacher_cache", None)
     return c
 
 

@@ -96,6 +96,7 @@ def validate_config(cfg: DictConfig) -> None:
     _range(e, "eval.max_samples", ev.max_samples, 1, None)
     _model_paths(e, cfg.model)
     _scale(e, cfg)
+    _recipe(e, cfg)
     if e:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(e))
 
@@ -147,3 +148,34 @@ def _scale(errors: List[str], cfg: DictConfig) -> None:
         errors.append("train.fsdp=true needs train.loss_impl=chunked or reference (the fused loss reads the "
                       "LM head's weight outside the sharded forward)")
     _range(errors, "train.preflight_margin", t.get("preflight_margin"), 0.0, 1.0, lo_open=True)
+
+
+def _recipe(errors: List[str], cfg: DictConfig) -> None:
+    """method.recipe_params, and the teacher cache (train.teacher_cache) against the recipe."""
+    from .recipes import ON_POLICY, check_recipe_params
+
+    m, t = cfg.method, cfg.train
+    if m.recipe in RECIPES:
+        errors.extend(check_recipe_params(m.recipe, m.get("recipe_params")))
+    if m.recipe in ON_POLICY and t.get("fsdp"):
+        errors.append(f"method.recipe={m.recipe} samples from the student during training, which the FSDP-sharded "
+                      "student does not support here; use train.fsdp=false (plain data parallel works)")
+    tc = t.get("teacher_cache") or {}
+    if not tc.get("enabled", False):
+        return
+    if m.recipe in ON_POLICY:
+        errors.append(f"train.teacher_cache.enabled=true cannot be used with method.recipe={m.recipe}: its training "
+                      "sequences are sampled from the current student during training, so the teacher's "
+                      "log-probabilities cannot be computed ahead of time. Use the live teacher "
+                      "(train.teacher_cache.enabled=false); the cache serves off-policy recipes (offline, seqkd)")
+    if m.recipe == "sft":
+        errors.append("train.teacher_cache.enabled=true with method.recipe=sft: SFT has no teacher to cache")
+    _range(errors, "train.teacher_cache.k", tc.get("k"), 1, None)
+    from .losses.sparse import TAIL_MODES
+    _choice(errors, "train.teacher_cache.tail", tc.get("tail"), list(TAIL_MODES))
+    if t.loss_impl == "fused":
+        errors.append("train.teacher_cache.enabled=true needs train.loss_impl=chunked or reference (the cached "
+                      "teacher has no hidden states for the fused loss)")
+    if cfg.adakd.temperature == "logit_std" and not cfg.adakd.idts:
+        errors.append("train.teacher_cache.enabled=true with adakd.temperature=logit_std: logit standardisation "
+                      "needs the teacher's full logits, which the top-k cache does not have")

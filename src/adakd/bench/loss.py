@@ -18,7 +18,9 @@ live processes that take turns, one forward+backward each, after one untimed war
 the median of the ratios of neighbouring runs. On a shared machine the load changes over minutes;
 alternating keeps both sides of a ratio under the same load. The workers run with
 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 (glibc otherwise page-faults on every large
-tensor; see the environment notes).
+tensor; see the environment notes) and one torch thread each (--threads): on a shared machine a
+2-thread parallel region waits for whichever thread another process has preempted, which made the
+same run vary from 8 ms to 1 s here.
 
 Training step: student of GPT-2-base shape, teacher of GPT-2-medium shape (random init), batch 4 x 256:
 student forward + backward, teacher forward, KD loss; rkl+AdaKD vs rkl with the same loss
@@ -417,7 +419,7 @@ def parse_args(argv=None):
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.add_argument("--n", type=int, default=None, help="tokens (default 2048; --quick 512)")
     p.add_argument("--v", type=int, default=None, help="vocabulary (default 50257; --quick 8192)")
-    p.add_argument("--chunk", type=int, default=64, help="tokens per chunk (chunked / fused)")
+    p.add_argument("--chunk", type=int, default=128, help="tokens per chunk (chunked / fused)")
     p.add_argument("--reps", type=int, default=4, help="timed runs per case, alternating within a pair")
     p.add_argument("--h-student", type=int, default=768)
     p.add_argument("--h-teacher", type=int, default=1024)
@@ -429,7 +431,13 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="small sizes, about a minute on 2 CPU cores")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per worker (0: torch default). 1 by default: on a shared 2-core machine a "
+        "2-thread parallel region stalls whenever another process holds a core, which swamps the ratios",
+    )
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds for the training-step worker")
     p.add_argument("--worker", choices=("loss", "train"), help=argparse.SUPPRESS)
     p.add_argument("--loss", choices=LOSSES, help=argparse.SUPPRESS)

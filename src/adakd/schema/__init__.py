@@ -69,6 +69,17 @@ class DatasetConfig:
 
 
 @dataclass
+class TeacherCacheConfig:
+    # Off-policy recipes (offline, seqkd): read the teacher's top-k log-probabilities + tail mass per response
+    # token from a memory-mapped cache built once per (teacher, training tokens, k) instead of running the
+    # teacher every step (adakd.teacher_cache). Refused for on-policy recipes (gkd, distillm).
+    enabled: bool = False
+    k: int = 256
+    # teacher tail under a temperature != 1 (IDTS): student | uniform | atom (adakd.losses.sparse)
+    tail: str = "student"
+
+
+@dataclass
 class TrainConfig:
     steps: Optional[int] = None      # total optimizer steps; null -> epochs over the training set
     epochs: float = 1.0
@@ -91,6 +102,7 @@ class TrainConfig:
     ckpt_every: int = 200            # steps between checkpoints (0 = only at the end)
     keep_last: int = 2
     val_every: int = 0               # steps between validation-loss evaluations (0 = never)
+    teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
     nonfinite: str = "stop"          # stop | skip (skip the step, up to max_nonfinite_skips)
     max_nonfinite_skips: int = 10
     fsdp: bool = False               # shard the student with FSDP2 across the torchrun processes
@@ -142,5 +154,5 @@ def register_configs() -> None:
 
 __all__ = [
     "AdakdConfig", "DatasetConfig", "EvalConfig", "LoggerConfig", "MethodConfig", "ModelConfig",
-    "ModelSpec", "RunConfig", "RunSection", "TrainConfig", "register_configs",
+    "ModelSpec", "RunConfig", "RunSection", "TeacherCacheConfig", "TrainConfig", "register_configs",
 ]
