@@ -352,3 +352,22 @@ def test_distillm_smoke_run_end_to_end(tmp_path):
     st = torch.load(ckpt / "trainer_state.pt", weights_only=True)
     assert st["batch_source"]["buffer"]["lengths"].numel() == rows[-1]["buffer"]
     assert st["batch_source"]["schedule"]["p"] == pytest.approx(rows[-1]["prob"])
+
+
+def test_sft_baseline_of_a_recipe_row_is_the_plain_sft_run(monkeypatch):
+    """Table 1's SFT row under method=gkd / distillm validates (no foreign recipe_params) and is the same run
+    as under method=rkl."""
+    from adakd import runner
+    from adakd.validate import validate_config
+
+    seen = []
+
+    def fake_run(sub, ctx=None):
+        validate_config(sub)
+        seen.append(runner.run_dir_for(sub))
+        return {"rougeL": {}, "avg": 0.0, "run": {"dir": "x"}}
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    for method in ("gkd", "distillm", "seqkd", "jsd", "rkl"):
+        runner._baseline(compose_cfg(["experiment=smoke", f"method={method}"]), "sft", None)
+    assert len(set(seen)) == 1

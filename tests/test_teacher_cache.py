@@ -82,19 +82,37 @@ def test_objective_forward_sparse_matches_dense_with_latf_and_idts():
     labels = torch.randint(0, 40, (2, 15))
     labels[0, :3] = -100
     top = topk_from_logits(t, 39)
-    for div in ("rkl", "jsd", "srkl"):
+    for div, form in (("rkl", "dense"), ("rkl", "buckets"), ("jsd", "dense"), ("srkl", "buckets")):
         a = AdakdConfig(ratio_schedule="fixed", ratio_end=0.6)
         o1, o2 = build_objective(MethodConfig(divergence=div), a, total_steps=10), \
             build_objective(MethodConfig(divergence=div), a, total_steps=10)
         s1, s2 = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
         l1, st1 = o1(s1, t, labels, telemetry=True)
-        l2, st2 = o2.forward_sparse(s2, top, labels, telemetry=True)
+        l2, st2 = o2.forward_sparse(s2, top, labels, telemetry=True, form=form)
         l1.backward()
         l2.backward()
         assert float(l2.detach()) == pytest.approx(float(l1.detach()), rel=1e-12)
         assert torch.allclose(s1.grad, s2.grad, atol=1e-14)
         assert torch.equal(st1["_tensors"]["kept_index"], st2["_tensors"]["kept_index"])
         assert st1["n_kept"] == st2["n_kept"] == 16
+
+
+def test_dense_form_is_the_dense_loss_on_the_rebuilt_teacher():
+    """form='dense' at small k: exactly the ordinary objective run on `dense_teacher` rows."""
+    s, t = logits(n=20, v=30)
+    s, t = s.view(2, 10, 30), t.view(2, 10, 30)
+    labels = torch.randint(0, 30, (2, 10))
+    top = topk_from_logits(t, 5)
+    rebuilt = dense_teacher(top.flat(), 30, F64).view(2, 10, 30)
+    a = AdakdConfig(ratio_schedule="fixed", ratio_end=0.5)
+    o1, o2 = (build_objective(MethodConfig(divergence="akl"), a, total_steps=1) for _ in range(2))
+    s1, s2 = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    l1, _ = o1(s1, rebuilt, labels)
+    l2, _ = o2.forward_sparse(s2, top, labels, form="dense")
+    l1.backward()
+    l2.backward()
+    assert float(l2.detach()) == pytest.approx(float(l1.detach()), rel=1e-12)
+    assert torch.allclose(s1.grad, s2.grad, atol=1e-14)
 
 
 def test_forward_sparse_refuses_logit_standardisation_and_bad_ids():
@@ -196,14 +214,15 @@ def test_cached_trainer_matches_the_live_teacher(tmp_path, tok, pair, examples):
               "total_steps": 1, "progress": False}
     live = Trainer(teacher=teacher, objective=build_objective(method, acfg, total_steps=1),
                    run_dir=tmp_path / "a", **common)
-    cached = CachedTeacherTrainer(cache=cache, teacher=teacher, objective=build_objective(method, acfg, total_steps=1),
-                                  run_dir=tmp_path / "b", **common)
-    assert cached.teacher is None and cached.kd_ratio == 1.0
     batch = collate_train(examples[:4], tok.pad_token_id)
     l1, s1 = live.loss_on(batch, telemetry=False)
-    l2, s2 = cached.loss_on(batch, telemetry=False)
-    assert float(l2) == pytest.approx(float(l1), rel=2e-3)
-    assert s1["n_kept"] == s2["n_kept"]
+    for form in ("dense", "buckets"):
+        cached = CachedTeacherTrainer(cache=cache, teacher=teacher, form=form, run_dir=tmp_path / form,
+                                      objective=build_objective(method, acfg, total_steps=1), **common)
+        assert cached.teacher is None and cached.kd_ratio == 1.0
+        l2, s2 = cached.loss_on(batch, telemetry=False)
+        assert float(l2.detach()) == pytest.approx(float(l1.detach()), rel=2e-3)
+        assert s1["n_kept"] == s2["n_kept"]
 
 
 def test_teacher_cache_end_to_end_smoke(tmp_path):

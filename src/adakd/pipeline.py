@@ -442,7 +442,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
         from .teacher_cache import CachedTeacherTrainer, load_or_build
         cache = load_or_build(cfg, teacher, encoded, student_vocab=student_vocab, pad_id=tokenizer.pad_token_id,
                               device=device, autocast_dtype=amp)
-        trainer_cls, extra = CachedTeacherTrainer, {"cache": cache, "tail": str(cfg.train.teacher_cache.tail)}
+        trainer_cls, extra = CachedTeacherTrainer, {"cache": cache, "tail": str(cfg.train.teacher_cache.tail),
+                                                    "form": str(cfg.train.teacher_cache.form)}
     trainer = trainer_cls(
         student=student, teacher=teacher, train_data=encoded,
         collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective,

@@ -147,6 +147,10 @@ def _baseline(cfg: DictConfig, which: str, ctx: "Context") -> Dict[str, Any]:
     elif which == "sft":
         sub.method = OmegaConf.merge(sub.method, {"name": "sft", "divergence": "none", "recipe": "sft",
                                                   "kd_ratio": 0.0, "params": {}, "recipe_params": {}})
+        # merging {} keeps the method's own keys (jsd's beta, gkd's lambda): clear them, so every method's
+        # SFT row is the same run and the sft recipe gets no foreign recipe_params
+        sub.method.params = {}
+        sub.method.recipe_params = {}
         sub.adakd.latf = False
         sub.adakd.idts = False
     else:

@@ -19,8 +19,9 @@ sequences, k, vocabulary, format), so every run of a sweep over the same teacher
 any order and any seed; a duplicate sequence is stored once. It is written to a temp directory and
 renamed, so a killed build leaves nothing half-made.
 
-The loss against the cache is `KDObjective.forward_sparse` (divergences and difficulty metrics on k + 1
-buckets, adakd.losses.sparse). The cache is refused for on-policy recipes (gkd, distillm), whose sequences
+The loss against the cache is `KDObjective.forward_sparse`: by default ("dense") the teacher row is rebuilt
+over the vocabulary with the tail mass spread evenly; "buckets" compares on k + 1 buckets
+(adakd.losses.sparse). The cache is refused for on-policy recipes (gkd, distillm), whose sequences
 come from the current student (adakd.validate).
 """
 from __future__ import annotations
@@ -215,13 +216,13 @@ def load_or_build(cfg, teacher: torch.nn.Module, examples: Sequence[dict[str, li
     from .pipeline import teacher_recipe_hash
 
     tc = cfg.train.teacher_cache
-    if cfg.method.divergence in TAIL_SENSITIVE:
-        log.warning("train.teacher_cache with method.divergence=%s: this divergence depends on the teacher's "
-                    "probability of every token the student puts mass on; the top-k cache merges the teacher's "
-                    "tail into one bucket, so while the student is far from the teacher (early training, a "
-                    "pruned start) its loss and gradient are far off (SmolLM2-135M, untrained pruned student, "
-                    "rkl at k=512: gradient cosine 0.34). Prefer fkl/jsd/sfkl/srkl/tvd, a large k, or the live "
-                    "teacher (docs/recipes.md)", cfg.method.divergence)
+    if cfg.method.divergence in TAIL_SENSITIVE and str(tc.form) == "buckets":
+        log.warning("train.teacher_cache.form=buckets with method.divergence=%s: this divergence depends on the "
+                    "teacher's probability of every token the student puts mass on; buckets merge the teacher's "
+                    "tail into one, so while the student is far from the teacher (early training, a pruned "
+                    "start) its loss and gradient are far off (SmolLM2-135M, untrained pruned student, rkl at "
+                    "k=512: gradient cosine 0.34). Use form=dense (the default), a larger k, or the live teacher "
+                    "(docs/recipes.md)", cfg.method.divergence)
     vocab = shared_vocab(student_vocab, model_vocab(teacher))
     k = min(int(tc.k), vocab - 1)
     if k != int(tc.k):
@@ -244,10 +245,10 @@ def load_or_build(cfg, teacher: torch.nn.Module, examples: Sequence[dict[str, li
 class CachedTeacherTrainer(Trainer):
     """The Trainer with the teacher's side of the KD loss read from a TeacherCache (no teacher forward)."""
 
-    def __init__(self, *, cache: TeacherCache, tail: str = "student", **kwargs):
+    def __init__(self, *, cache: TeacherCache, tail: str = "student", form: str = "dense", **kwargs):
         kwargs["teacher"] = None
         super().__init__(**kwargs)
-        self.cache, self.tail = cache, tail
+        self.cache, self.tail, self.form = cache, tail, form
         self.kd_ratio = float(self.method.kd_ratio)
 
     def loss_on(self, batch: dict[str, torch.Tensor], telemetry: bool):
@@ -268,7 +269,7 @@ class CachedTeacherTrainer(Trainer):
                                                               batch["attention_mask"], mask))
         # the KD term on the shared vocabulary (as align_vocab cuts it), CE on the student's own
         kd, kstats = self.objective.forward_sparse(s_logits[None, :, : self.cache.vocab], top.unsqueeze(0),
-                                                   tgt[None], telemetry=telemetry, tail=self.tail)
+                                                   tgt[None], telemetry=telemetry, tail=self.tail, form=self.form)
         ce = None
         if self.kd_ratio < 1.0:
             ce = F.cross_entropy(s_logits.float(), tgt) if tgt.numel() else s_logits.sum() * 0.0

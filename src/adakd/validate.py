@@ -171,7 +171,8 @@ def _recipe(errors: List[str], cfg: DictConfig) -> None:
     if m.recipe == "sft":
         errors.append("train.teacher_cache.enabled=true with method.recipe=sft: SFT has no teacher to cache")
     _range(errors, "train.teacher_cache.k", tc.get("k"), 1, None)
-    from .losses.sparse import TAIL_MODES
+    from .losses.sparse import FORMS, TAIL_MODES
+    _choice(errors, "train.teacher_cache.form", tc.get("form"), list(FORMS))
     _choice(errors, "train.teacher_cache.tail", tc.get("tail"), list(TAIL_MODES))
     if t.loss_impl == "fused":
         errors.append("train.teacher_cache.enabled=true needs train.loss_impl=chunked or reference (the cached "

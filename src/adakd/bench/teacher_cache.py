@@ -125,33 +125,47 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((ra * rb).sum() / (ra.norm() * rb.norm()))
 
 
-def _plain(name, params, s, t_or_top, sparse: bool):
-    """(mean per-token divergence, its gradient w.r.t. the student logits, flattened)."""
+def _plain(name, params, s, teacher, form: str | None):
+    """(mean per-token divergence, its gradient w.r.t. the student logits, flattened). form None: live
+    logits; "dense": the rebuilt teacher rows; "buckets": k + 1 buckets."""
     from adakd.losses import per_token
+    from adakd.losses.sparse import dense_teacher
     from adakd.losses.sparse import per_token as sparse_per_token
     x = s.clone().requires_grad_(True)
-    loss = (sparse_per_token if sparse else per_token)(name, x, t_or_top, **params).mean()
+    if form == "buckets":
+        loss = sparse_per_token(name, x, teacher, **params).mean()
+    else:
+        t = dense_teacher(teacher, s.shape[-1]) if form == "dense" else teacher
+        loss = per_token(name, x, t, **params).mean()
     loss.backward()
     return float(loss.detach()), x.grad.flatten().double()
 
 
-def _adakd(s, t_or_top, tgt, sparse: bool, tail: str = "student", divergence: str = "rkl"):
+def _adakd(s, teacher, tgt, form: str | None, tail: str = "student", divergence: str = "rkl"):
     from adakd.objective import build_objective
     from adakd.schema.objective import AdakdConfig, MethodConfig
     obj = build_objective(MethodConfig(divergence=divergence), AdakdConfig(ratio_schedule="fixed", ratio_end=0.75),
                           total_steps=1)
     x = s.clone().requires_grad_(True)
-    if sparse:
-        loss, _ = obj.forward_sparse(x[None], t_or_top.unsqueeze(0), tgt[None], tail=tail)
+    if form is None:
+        loss, _ = obj(x[None], teacher[None], tgt[None])
     else:
-        loss, _ = obj(x[None], t_or_top[None], tgt[None])
+        loss, _ = obj.forward_sparse(x[None], teacher.unsqueeze(0), tgt[None], tail=tail, form=form)
     loss.backward()
     return float(loss.detach()), x.grad.flatten().double()
 
 
+def _cos(a, b) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
+
+
 def fidelity(setup: dict[str, Any], ks: Sequence[int], ratios=(0.75, 0.5)) -> list[dict[str, Any]]:
     from adakd.adaptive import DifficultyMetric
-    from adakd.losses.sparse import BucketMetric, topk_from_logits
+    from adakd.losses.sparse import FORMS, BucketMetric, dense_teacher, topk_from_logits
     from adakd.objective import select_tokens
 
     pad = setup["tok"].pad_token_id if setup["tok"].pad_token_id is not None else setup["tok"].eos_token_id
@@ -161,43 +175,41 @@ def fidelity(setup: dict[str, Any], ks: Sequence[int], ratios=(0.75, 0.5)) -> li
         s, _ = _logits(student, setup["dev"], pad)
         v = min(s.shape[-1], t.shape[-1])
         s_, t_ = s[:, :v], t[:, :v]
-        live_loss, live_grad = {}, {}
-        for d, p in DIVS.items():
-            live_loss[d], live_grad[d] = _plain(d, p, s_, t_, sparse=False)
+        live = {d: _plain(d, p, s_, t_, None) for d, p in DIVS.items()}
         hel = DifficultyMetric("hellinger")
         h_live = hel.rows(s_, t_)
-        a_live, g_live = _adakd(s_, t_, tgt, sparse=False)
-        f_live, gf_live = _adakd(s_, t_, tgt, sparse=False, divergence="fkl")
+        a_live, g_live = _adakd(s_, t_, tgt, None)
+        f_live, gf_live = _adakd(s_, t_, tgt, None, divergence="fkl")
         n = h_live.numel()
         for k in ks:
             if k >= v:
                 continue
             top = _stored(topk_from_logits(t_, k))
-            row: dict[str, Any] = {"setup": setup["name"], "student": sname, "k": k, "tokens": n, "vocab": v,
-                                   "topk_mass": float((1 - top.tail.exp()).mean())}
-            for d, p in DIVS.items():
-                c, g = _plain(d, p, s_, top, sparse=True)
-                row[f"loss_rel_err_{d}"] = abs(c - live_loss[d]) / max(abs(live_loss[d]), 1e-12)
-                row[f"grad_cos_{d}"] = float(torch.nn.functional.cosine_similarity(g, live_grad[d], dim=0))
-            for tail in TAILS:
-                a_c, g_c = _adakd(s_, top, tgt, sparse=True, tail=tail)
-                row[f"adakd_rel_err_{tail}"] = abs(a_c - a_live) / max(abs(a_live), 1e-12)
-                if tail == "student":
-                    row["adakd_grad_cos"] = float(torch.nn.functional.cosine_similarity(g_c, g_live, dim=0))
-            f_c, gf_c = _adakd(s_, top, tgt, sparse=True, divergence="fkl")
-            row["adakd_fkl_rel_err"] = abs(f_c - f_live) / max(abs(f_live), 1e-12)
-            row["adakd_fkl_grad_cos"] = float(torch.nn.functional.cosine_similarity(gf_c, gf_live, dim=0))
-            h_c = BucketMetric(hel).rows(s_, top)
-            row["hellinger_mae"] = float((h_c - h_live).abs().mean())
-            row["hellinger_max"] = float((h_c - h_live).abs().max())
-            row["hellinger_mean_live"] = float(h_live.mean())
-            row["hellinger_spearman"] = _spearman(h_c, h_live)
-            for r in ratios:
-                kk = max(1, int(r * n))
-                a = set(select_tokens(h_live, kk).tolist())
-                b = set(select_tokens(h_c, kk).tolist())
-                row[f"overlap@{r}"] = len(a & b) / kk
-            rows.append(row)
+            for form in FORMS:
+                row: dict[str, Any] = {"setup": setup["name"], "student": sname, "k": k, "form": form, "tokens": n,
+                                       "vocab": v, "topk_mass": float((1 - top.tail.exp()).mean())}
+                for d, p in DIVS.items():
+                    c, g = _plain(d, p, s_, top, form)
+                    row[f"loss_rel_err_{d}"] = _rel(c, live[d][0])
+                    row[f"grad_cos_{d}"] = _cos(g, live[d][1])
+                a_c, g_c = _adakd(s_, top, tgt, form)
+                row["adakd_rel_err"], row["adakd_grad_cos"] = _rel(a_c, a_live), _cos(g_c, g_live)
+                if form == "buckets":   # the teacher-tail approximations under IDTS temperatures
+                    for tail in TAILS:
+                        row[f"adakd_rel_err_{tail}"] = _rel(_adakd(s_, top, tgt, form, tail=tail)[0], a_live)
+                f_c, gf_c = _adakd(s_, top, tgt, form, divergence="fkl")
+                row["adakd_fkl_rel_err"], row["adakd_fkl_grad_cos"] = _rel(f_c, f_live), _cos(gf_c, gf_live)
+                h_c = BucketMetric(hel).rows(s_, top) if form == "buckets" else hel.rows(s_, dense_teacher(top, v))
+                row["hellinger_mae"] = float((h_c - h_live).abs().mean())
+                row["hellinger_max"] = float((h_c - h_live).abs().max())
+                row["hellinger_mean_live"] = float(h_live.mean())
+                row["hellinger_spearman"] = _spearman(h_c, h_live)
+                for r in ratios:
+                    kk = max(1, int(r * n))
+                    a = set(select_tokens(h_live, kk).tolist())
+                    b = set(select_tokens(h_c, kk).tolist())
+                    row[f"overlap@{r}"] = len(a & b) / kk
+                rows.append(row)
     return rows
 
 
@@ -257,28 +269,34 @@ def disk_table(ks: Sequence[int]) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------------------------- output
 def markdown(result: dict[str, Any]) -> str:
-    pct = lambda x: f"{100 * x:.2g}%"  # noqa: E731
-    short = lambda r: f"{r['setup'].split(',')[0]} / {r['student']}"  # noqa: E731
+    def pct(x):
+        return f"{100 * x:.2g}%"
+
+    def short(r):
+        return f"{r['setup'].split(',')[0]} / {r['student']} | {r['k']} | {r['form']}"
+
     lines = ["### Fidelity of the top-k teacher cache vs the live teacher: plain divergences", "",
              "relative error of the mean loss, and (below) cosine of the student-logit gradients, cache vs live", "",
-             "| setup / student | k | top-k mass | " + " | ".join(DIVS) + " |",
-             "|---|---|---|" + "---|" * len(DIVS)]
+             "| setup / student | k | form | top-k mass | " + " | ".join(DIVS) + " |",
+             "|---|---|---|---|" + "---|" * len(DIVS)]
     for r in result["fidelity"]:
-        lines.append(f"| {short(r)} | {r['k']} | {r['topk_mass']:.3f} | "
+        lines.append(f"| {short(r)} | {r['topk_mass']:.3f} | "
                      + " | ".join(pct(r[f"loss_rel_err_{d}"]) for d in DIVS) + " |")
-    lines += ["", "| setup / student | k | grad cos " + " | ".join(DIVS) + " |", "|---|---|" + "---|" * len(DIVS)]
+    lines += ["", "| setup / student | k | form | grad cos " + " | ".join(DIVS) + " |",
+              "|---|---|---|" + "---|" * len(DIVS)]
     for r in result["fidelity"]:
-        lines.append(f"| {short(r)} | {r['k']} | " + " | ".join(f"{r[f'grad_cos_{d}']:.4f}" for d in DIVS) + " |")
+        lines.append(f"| {short(r)} | " + " | ".join(f"{r[f'grad_cos_{d}']:.4f}" for d in DIVS) + " |")
     lines += ["", "### AdaKD (LATF r = 0.75, IDTS), Hellinger difficulty and LATF selection from the cache", "",
-              "| setup / student | k | AdaKD-rkl rel. err. (tail: student / uniform / atom) | grad cos | "
-              "AdaKD-fkl rel. err. | grad cos | Hellinger MAE (max) | Spearman | overlap@0.75 | overlap@0.5 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| setup / student | k | form | AdaKD-rkl rel. err. (buckets: tail student / uniform / atom) | "
+              "grad cos | AdaKD-fkl rel. err. | grad cos | Hellinger MAE (max) | Spearman | overlap@0.75 | "
+              "overlap@0.5 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["fidelity"]:
-        lines.append(f"| {short(r)} | {r['k']} | " + " / ".join(pct(r[f"adakd_rel_err_{t}"]) for t in TAILS)
-                     + f" | {r['adakd_grad_cos']:.4f} | {pct(r['adakd_fkl_rel_err'])} | {r['adakd_fkl_grad_cos']:.4f}"
-                     + f" | {r['hellinger_mae']:.2g} ({r['hellinger_max']:.2g}) | "
-                       f"{r['hellinger_spearman']:.4f} | {r['overlap@0.75']:.3f} | {r['overlap@0.5']:.3f} |")
-    lines += ["", "### Training step: live teacher vs cache", "",
+        err = (" / ".join(pct(r[f"adakd_rel_err_{t}"]) for t in TAILS) if r["form"] == "buckets"
+               else pct(r["adakd_rel_err"]))
+        lines.append(f"| {short(r)} | {err} | {r['adakd_grad_cos']:.4f} | {pct(r['adakd_fkl_rel_err'])} | "
+                     f"{r['adakd_fkl_grad_cos']:.4f} | {r['hellinger_mae']:.2g} ({r['hellinger_max']:.2g}) | "
+                     f"{r['hellinger_spearman']:.4f} | {r['overlap@0.75']:.3f} | {r['overlap@0.5']:.3f} |")
+    lines += ["", "### Training step: live teacher vs cache (form dense)", "",
               "| setup | k | micro-batch | live s/step | cache s/step | speedup | build s | MB per 1M tokens |",
               "|---|---|---|---|---|---|---|---|"]
     for r in result["speed"]:

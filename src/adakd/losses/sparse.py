@@ -1,32 +1,40 @@
-"""Divergences and difficulty metrics against a sparse teacher: its top-k log-probabilities plus one
-tail bucket (the teacher cache, adakd.teacher_cache).
+"""Divergences and difficulty metrics against a sparse teacher: its top-k log-probabilities plus the log
+of its remaining ("tail") mass per token (the teacher cache, adakd.teacher_cache).
 
-A cached teacher row holds, for one response token, the ids of its k most likely tokens, their
-log-probabilities (at tau = 1) and the log of the remaining mass ("tail"). Student and teacher are
-compared on the same k + 1 buckets:
+Two forms (`train.teacher_cache.form`, `KDObjective.forward_sparse(form=...)`):
+
+"buckets": student and teacher are compared on the same k + 1 buckets,
 
     teacher: [log p(id_1), ..., log p(id_k), log tail_t]                (renormalised: fp16 storage)
     student: [log q(id_1), ..., log q(id_k), log sum_{v not in top-k} q_v]   (from its full logits)
 
-and every existing per-token divergence / difficulty metric is evaluated on those (k + 1)-bucket
-distributions (`Divergence.from_log_probs` is written on normalised log-probabilities for this). For
-f-divergences the bucketed value is a lower bound of the full one (data processing) and equals it when
-the teacher's tail is empty. Gradients flow to every student logit: the tail bucket's log-sum-exp
-spreads them over the non-top-k entries.
+  and every per-token divergence / difficulty metric is evaluated on those (k + 1)-bucket distributions
+  (`Divergence.from_log_probs` is written on normalised log-probabilities for this). For f-divergences the
+  bucketed value is a lower bound of the full one (data processing) and equals it when the teacher's tail
+  is empty. Gradients reach every student logit: the tail bucket's log-sum-exp spreads them over the
+  non-top-k entries. Divergences that weigh the student's mass by the teacher's probability token by token
+  deep in the tail (rkl, abkd, akl) lose that information entirely.
 
-Temperatures (IDTS, fixed T, CTKD). The student's buckets at tau are exact (softmax(z / tau), then
-bucketed). The teacher's top-k entries are exact up to normalisation (p^(1/tau)); its tail under tau,
-sum_{v in tail} p_v^(1/tau), is not known from the tail mass alone. `tail` picks the approximation:
+"dense" (the default): the teacher row is rebuilt over the whole vocabulary, top-k exact and the tail
+  mass spread evenly over the other V - k tokens (`dense_teacher`), and the ordinary dense code runs on it.
+  Within the tail the student is then compared with a flat teacher, which keeps the student's own
+  concentration inside the tail in the loss; measured against the live teacher it is closer than the
+  buckets nearly everywhere, and far closer for rkl / abkd / akl and for the Hellinger difficulty when the
+  student puts much mass outside the teacher's top-k (adakd.bench.teacher_cache; docs/recipes.md). Its
+  cost is that of the live path (one [chunk, V] teacher row block at a time).
+
+Temperatures (IDTS, fixed T, CTKD). The student side is always exact. Dense form: the rebuilt teacher row
+is divided by tau like live logits (a flat tail stays flat). Bucket form: the teacher's top-k entries are
+exact up to normalisation (p^(1/tau)); its tail under tau, sum_{v in tail} p_v^(1/tau), is approximated per
+`tail`:
   "student" (default): the teacher's tail is assumed to have the student's shape inside the tail,
       p_v = T_t · q_v / T_s, so sum p_v^(1/tau) = T_t^(1/tau) · sum (q_v / T_s)^(1/tau), computed
       exactly from the (detached) student logits;
-  "uniform": the tail spread evenly over the V - k tokens (a lower bound of the sum for tau < 1);
-  "atom":    the tail treated as one token, T_t^(1/tau) (an upper bound for tau < 1).
-At tau = 1 the three agree and equal log T_t. Logit standardisation needs the full teacher logits
-and is refused.
-
-`nmtkd` compares rankings over single tokens, so it runs on a dense reconstruction (top-k exact, the
-tail spread evenly); `entropy` and `ce` use the student alone and are exact.
+  "uniform": the tail spread evenly over the V - k tokens (what the dense form assumes);
+  "atom":    the tail treated as one token, T_t^(1/tau).
+At tau = 1 the three agree and equal log T_t. Logit standardisation needs the full teacher logits and is
+refused. In the bucket form `nmtkd` runs on the dense rebuild (it ranks single tokens); `entropy` and `ce`
+use the student alone and are exact.
 """
 
 from __future__ import annotations

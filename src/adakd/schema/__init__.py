@@ -75,7 +75,9 @@ class TeacherCacheConfig:
     # teacher every step (adakd.teacher_cache). Refused for on-policy recipes (gkd, distillm).
     enabled: bool = False
     k: int = 256
-    # teacher tail under a temperature != 1 (IDTS): student | uniform | atom (adakd.losses.sparse)
+    # dense: rebuild full teacher rows (top-k + the tail spread evenly) | buckets: compare on k+1 buckets
+    form: str = "dense"
+    # buckets only: the teacher's tail under a temperature != 1 (IDTS): student | uniform | atom
     tail: str = "student"
 
 
