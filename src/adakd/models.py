@@ -143,29 +143,18 @@ def lm_parts(model: nn.Module) -> Tuple[nn.Module, nn.Module]:
 
 
 def save_model(model: nn.Module, tokenizer, out_dir: Path, extra: Optional[dict] = None) -> None:
-    """safetensors weights + config + tokenizer, written to a temp dir then renamed (atomic)."""
-    import shutil
-    import tempfile
-
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
-        model.save_pretrained(str(tmp), safe_serialization=True)
+    """safetensors weights + config + tokenizer + adakd_model.json (sha256), written atomically."""
+    def write(tmp: str) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
-            tokenizer.save_pretrained(str(tmp))
-        weights = tmp / "model.safetensors"
+            tokenizer.save_pretrained(tmp)
+        weights = Path(tmp) / "model.safetensors"
         info = dict(extra or {})
         if weights.exists():
             info["sha256"] = file_sha256(weights)
-        (tmp / "adakd_model.json").write_text(json.dumps(info, indent=2, default=str))
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (Path(tmp) / "adakd_model.json").write_text(json.dumps(info, indent=2, default=str))
+
+    _save_dir_atomically(Path(out_dir), write)
 
 
 def verify_checksum(model_dir: Path) -> None:
