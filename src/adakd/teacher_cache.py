@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .losses.sparse import TeacherTopK
-from .train import Trainer, head_logits, hidden_at, response_positions
+from .train import Trainer, head_logits, hidden_at, response_positions, token_ce
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -270,14 +270,8 @@ class CachedTeacherTrainer(Trainer):
         # the KD term on the shared vocabulary (as align_vocab cuts it), CE on the student's own
         kd, kstats = self.objective.forward_sparse(s_logits[None, :, : self.cache.vocab], top.unsqueeze(0),
                                                    tgt[None], telemetry=telemetry, tail=self.tail, form=self.form)
-        ce = None
-        if self.kd_ratio < 1.0:
-            ce = F.cross_entropy(s_logits.float(), tgt) if tgt.numel() else s_logits.sum() * 0.0
-        stats.update(kstats)
-        loss = kd if ce is None else (1 - self.kd_ratio) * ce + self.kd_ratio * kd
-        if ce is not None:
-            stats["ce"] = float(ce.detach())
-        return loss, stats
+        ce = token_ce(s_logits, tgt) if self.kd_ratio < 1.0 else None
+        return self.mix(kd, ce, stats, kstats)
 
 
 __all__ = ["CachedTeacherTrainer", "TeacherCache", "build", "bytes_per_token", "cache_key", "example_key",

@@ -306,7 +306,7 @@ class Trainer:
                 h_s, s_full = hidden_at(self.student, batch["input_ids"], batch["attention_mask"], mask), None
         if self.teacher is None or self.kd_ratio == 0.0:
             logits = (s_full if self.fsdp else head_logits(self.student, h_s)).float()
-            ce = F.cross_entropy(logits, tgt) if tgt.numel() else logits.sum() * 0.0
+            ce = token_ce(logits, tgt)
             stats["ce"] = float(ce.detach())
             return ce, stats
         tdev = self.teacher_device
@@ -336,12 +336,17 @@ class Trainer:
                 t_logits = head_logits(self.teacher, h_t).to(self.device)
             kd, kstats = self.objective(s_logits[None], t_logits[None], tgt[None], telemetry=telemetry)
             if self.kd_ratio < 1.0:
-                ce = F.cross_entropy(s_logits.float(), tgt) if tgt.numel() else s_logits.sum() * 0.0
+                ce = token_ce(s_logits, tgt)
+        return self.mix(kd, ce, stats, kstats)
+
+    def mix(self, kd: torch.Tensor, ce: Optional[torch.Tensor], stats: Dict[str, Any],
+            kstats: Dict[str, Any]):
+        """(1 - kd_ratio) * CE + kd_ratio * KD, with the statistics of both terms."""
         stats.update(kstats)
-        loss = kd if ce is None else (1 - self.kd_ratio) * ce + self.kd_ratio * kd
-        if ce is not None:
-            stats["ce"] = float(ce.detach())
-        return loss, stats
+        if ce is None:
+            return kd, stats
+        stats["ce"] = float(ce.detach())
+        return (1 - self.kd_ratio) * ce + self.kd_ratio * kd, stats
 
     def _autocast(self, device: Optional[torch.device] = None):
         dev = device or self.device
@@ -486,6 +491,11 @@ class Trainer:
         bad = [names.get(id(p), "objective parameter") for g in self.optimizer.param_groups for p in g["params"]
                if p.grad is not None and not torch.isfinite(p.grad).all()]
         return f"parameters with non-finite gradients: {len(bad)} ({_short(bad)})"
+
+
+def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean token CE in fp32; a connected zero when there is no response token."""
+    return F.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
 
 
 def _chunked_ce(hidden, head, targets, chunk: int) -> torch.Tensor:
