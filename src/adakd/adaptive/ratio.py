@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional
 
-from ..losses.base import check_range
+from ..losses.base import check_range, check_total_steps
 
 
 def _check_ratio(key: str, value: float) -> float:
@@ -31,9 +31,7 @@ class RatioSchedule:
     kind = "base"
 
     def __init__(self, total_steps: int):
-        if int(total_steps) != total_steps or total_steps < 1:
-            raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
-        self.total_steps = int(total_steps)
+        self.total_steps = check_total_steps(total_steps)
         self.step = 0
         self._ratio = 1.0
 

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from ..losses.base import check_range
+from ..losses.base import check_range, check_total_steps
 
 DIRECTIONS = ("inverse", "direct")
 TEMPERATURES = ("constant", "ctkd", "logit_std")
@@ -153,8 +153,7 @@ class CTKDTemperature(TemperaturePolicy):
         ramp_frac: float = 1.0,
         tau_min: float = 0.1,
     ):
-        if int(total_steps) != total_steps or total_steps < 1:
-            raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+        total_steps = check_total_steps(total_steps)
         check_range("ctkd", "ramp_frac", float(ramp_frac), 0.0, 1.0)
         check_range("ctkd", "tau_min", float(tau_min), 0.0, None, lo_open=True)
         check_range("ctkd", "init", float(init), float(tau_min), None)

@@ -137,6 +137,13 @@ class Divergence:
         return values.detach(), grad
 
 
+def check_total_steps(total_steps) -> int:
+    """A schedule's length: an integer >= 1 (floats like 1500.0 are accepted)."""
+    if int(total_steps) != total_steps or total_steps < 1:
+        raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
+    return int(total_steps)
+
+
 def check_range(
     name: str,
     key: str,
