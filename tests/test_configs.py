@@ -8,7 +8,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from adakd.validate import ConfigError, validate_config
+from adakd.experiment.validate import ConfigError, validate_config
 
 from .compose import compose_cfg
 

@@ -64,7 +64,7 @@ def test_fsdp_with_resume_matches_data_parallel(runs):
 
 
 def test_without_torchrun_env_it_is_one_process(monkeypatch):
-    from adakd import distributed
+    from adakd.training import distributed
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     info = distributed.init_from_env("cpu")
@@ -79,8 +79,8 @@ def test_trainer_accumulation_follows_world_size():
     from omegaconf import OmegaConf
 
     from adakd.schema import TrainConfig
-    from adakd.schema.objective import MethodConfig
-    from adakd.train import Trainer
+    from adakd.schema import MethodConfig
+    from adakd.training.loop import Trainer
     sys.path.insert(0, str(HERE))
     import dist_worker
 
@@ -112,10 +112,10 @@ def test_torchrun_runner_end_to_end_with_fsdp(tmp_path):
     base = ["experiment=smoke", "train.threads=1", "logger=none", "run.progress=false", "run.baselines=[teacher]",
             "model.teacher.finetune.micro_batch=8"]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "adakd.cli", *base, "train.fsdp=true", f"run.output_root={tmp_path / 'two'}"],
+                          "-m", "adakd", *base, "train.fsdp=true", f"run.output_root={tmp_path / 'two'}"],
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-4000:]
-    one = subprocess.run([sys.executable, "-m", "adakd.cli", *base, f"run.output_root={tmp_path / 'one'}"],
+    one = subprocess.run([sys.executable, "-m", "adakd", *base, f"run.output_root={tmp_path / 'one'}"],
                          env=_env(), capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-4000:]
     m2 = json.loads(next((tmp_path / "two" / "runs").glob("rkl-*/metrics.json")).read_text())

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from adakd.data import load_benchmark
-from adakd.evaluate import evaluate_model, rouge_l, rouge_l_scores
+from adakd.evaluation import evaluate_model, rouge_l, rouge_l_scores
 from adakd.schema.evaluation import EvalConfig
 
 try:   # tests/ as a package (relative import) or as plain modules on sys.path

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from adakd.runner import run_dir_for
-from adakd.sweep import strip_table
-from adakd.validate import validate_config
+from adakd.experiment.tasks import run_dir_for
+from adakd.experiment.sweep import strip_table
+from adakd.experiment.validate import validate_config
 
 from .compose import compose_cfg
 
@@ -143,7 +143,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     """Two jobs that fail (unknown rows): both are tried, both recorded, the summary lists them, exit 1."""
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "adakd.cli", "-m", "experiment=smoke-table", "table.row=bogus-a,bogus-b",
+        [sys.executable, "-m", "adakd", "-m", "experiment=smoke-table", "table.row=bogus-a,bogus-b",
          f"run.output_root={tmp_path}", "logger=none"],
         capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path, check=False)
     out = proc.stdout + proc.stderr

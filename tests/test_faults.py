@@ -158,13 +158,13 @@ if mode == "kill":   # the process dies between writing the predictions and publ
         return real(src, dst, *a, **k)
     os.replace = replace
 else:                # pre-empted while generating: no step boundary to wait for
-    import adakd.evaluate as ev
+    import adakd.evaluation.evaluate as ev
     real_generate = ev.generate
     def generate(*a, **k):
         os.kill(os.getpid(), signal.SIGTERM)
         return real_generate(*a, **k)
     ev.generate = generate
-from adakd.cli import main
+from adakd.experiment.cli import main
 sys.argv = ["adakd-run", *sys.argv[1:]]
 main()
 """
@@ -230,18 +230,19 @@ def test_broken_line_3_fails_fast_naming_file_and_line(tmp_path):
 
 # ------------------------------------------------------------------------------------------ NaN loss
 def test_nan_in_loss_stops_keeps_checkpoint_and_rerun_finishes(tmp_path, baseline, monkeypatch):
-    from adakd import runner
-    from adakd.train import NonFiniteLoss, Trainer
+    from adakd.experiment import runner
+    from adakd.training.diagnostics import NonFiniteLoss
+    from adakd.training.loop import Trainer
     root = _fresh_root(tmp_path, baseline)
     cfg = compose_cfg(["experiment=smoke", "train.steps=12", "train.ckpt_every=3", "run.progress=false",
                        "logger=none", "train.threads=1", f"run.output_root={root}"])
     run_dir = runner.run_dir_for(cfg)
-    real = Trainer.loss_on
+    real = Trainer.losses
 
     def nan_at_step_7(self, batch, telemetry):
-        loss, stats = real(self, batch, telemetry)
-        return (loss * float("nan") if self.step + 1 == 7 else loss), stats
-    monkeypatch.setattr(Trainer, "loss_on", nan_at_step_7)
+        ce, kd, stats = real(self, batch, telemetry)
+        return ce, (kd * float("nan") if self.step + 1 == 7 else kd), stats
+    monkeypatch.setattr(Trainer, "losses", nan_at_step_7)
     with pytest.raises(NonFiniteLoss) as e:
         runner.run(cfg)
     msg = str(e.value)
@@ -249,7 +250,7 @@ def test_nan_in_loss_stops_keeps_checkpoint_and_rerun_finishes(tmp_path, baselin
     assert _ckpts(run_dir) == ["step_00000003", "step_00000006"]
     assert not (run_dir / "metrics.json").exists()
 
-    monkeypatch.setattr(Trainer, "loss_on", real)   # a transient fault: the same command resumes at step 6
+    monkeypatch.setattr(Trainer, "losses", real)   # a transient fault: the same command resumes at step 6
     m = runner.run(cfg)
     assert m["status"] == "ok" and m["run"]["resumed_from"] == 6 and m["run"]["steps"] == 12
 
@@ -286,7 +287,7 @@ def test_interrupted_sweep_rerun_skips_finished_and_resumes_the_rest(tmp_path, b
 
 def test_failing_job_does_not_stop_the_sweep(tmp_path, baseline):
     try:
-        import adakd.sweep  # noqa: F401
+        import adakd.experiment.sweep  # noqa: F401
     except ImportError:
         pytest.xfail("the sweep failure summary (adakd.sweep) does not exist yet")
     root = _fresh_root(tmp_path, baseline)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adakd.data import render_prompt
-from adakd.generation import _encode_prompts, _pick, example_seed, generate, generate_ids
+from adakd.evaluation.generation import _encode_prompts, _pick, example_seed, generate, generate_ids
 
 try:   # tests/ as a package (relative import) or as plain modules on sys.path
     from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from adakd.losses import DIVERGENCES, build_divergence, per_token
+from adakd.kd.losses import DIVERGENCES, build_divergence, per_token
 
 NAMES = ["fkl", "rkl", "jsd", "tvd", "sfkl", "srkl", "abkd", "akl"]
 INF = float("inf")

@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from adakd.models import ModelLoadError, check_same_tokenizer, lm_parts, save_model
-from adakd.pruning import PruningError, find_layers, layers_to_keep, prune_layers
+from adakd.models.pruning import PruningError, find_layers, layers_to_keep, prune_layers
 
 try:   # tests/ as a package (relative import) or as plain modules on sys.path
     from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
@@ -103,7 +103,7 @@ def test_find_layers_refuses_a_model_without_blocks():
 
 
 def test_pipeline_builds_a_pruned_student_in_float32():
-    from adakd.pipeline import _build
+    from adakd.build.construct import build_model as _build
     teacher = tiny_llama(n_layers=4).to(torch.bfloat16)
     spec = OmegaConf.create({"source": "pruned", "keep_layers": [0, 3], "every_k": None, "dtype": "bfloat16"})
     student = _build(spec, tokenizer=None, teacher=teacher, device=torch.device("cpu"))
@@ -114,7 +114,7 @@ def test_pipeline_builds_a_pruned_student_in_float32():
 
 # ---------------------------------------------------------------------------------- vocab / tokenizer
 def test_vocab_padding_rows_are_aligned():
-    from adakd.objective import adakd_loss, align_vocab
+    from adakd.kd.objective import adakd_loss, align_vocab
     torch.manual_seed(0)
     s = torch.randn(2, 5, 151936 // 64)     # the Qwen2 case, scaled down: 2374 vs 2376 padding rows
     t = torch.randn(2, 5, 152064 // 64)
@@ -139,8 +139,8 @@ def test_different_tokenizers_are_refused(tmp_path):
 
 
 def test_pipeline_refuses_a_student_with_another_tokenizer(tmp_path):
-    from adakd.pipeline import check_pair_tokenizers
-    from adakd.runner import Context
+    from adakd.build.tokenizer import check_pair_tokenizers
+    from adakd.build.context import Context
     from adakd.schema import RunConfig
     teacher_tok = tiny_tokenizer(300)
     other = tiny_tokenizer.__wrapped__(280)
@@ -160,8 +160,8 @@ def test_pipeline_refuses_a_student_with_another_tokenizer(tmp_path):
 # ------------------------------------------------------------------------------------------------ LoRA
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_lora_trains_only_adapters_and_lm_parts_sees_through_peft(arch):
-    from adakd.lora import apply_lora, is_peft, merged
-    from adakd.train import head_logits, hidden_at
+    from adakd.models.lora import apply_lora, is_peft, merged
+    from adakd.training.forward import head_logits, hidden_at
     base = tiny_gpt2(97, seed=0, n_layer=2, n_embd=32) if arch == "gpt2" else tiny_llama(n_layers=2)
     body0, head0 = lm_parts(base)
     model = apply_lora(base, {"r": 4, "alpha": 8, "dropout": 0.0})
@@ -190,27 +190,27 @@ def test_lora_trains_only_adapters_and_lm_parts_sees_through_peft(arch):
 
 
 def test_lora_refuses_unknown_settings():
-    from adakd.lora import apply_lora
+    from adakd.models.lora import apply_lora
     with pytest.raises(ValueError, match="unknown LoRA setting"):
         apply_lora(tiny_llama(n_layers=1), {"r": 4, "rank": 8})
 
 
 def test_get_student_with_lora_and_checkpointing():
-    from adakd.pipeline import get_student
-    from adakd.runner import Context
+    from adakd.build.student import get_student
+    from adakd.build.context import Context
     from adakd.schema import RunConfig
     tok = tiny_tokenizer(300)
     cfg = OmegaConf.structured(RunConfig)
     cfg.model.student.arch = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}
     cfg.model.student.lora = {"r": 4}
     cfg.model.student.gradient_checkpointing = True
-    model, info = get_student(cfg, tok, Context(), torch.device("cpu"))
+    model, info = get_student(cfg, tok, Context(), torch.device("cpu"), for_training=True)
     body = lm_parts(model)[0]
     assert getattr(body, "is_activation_checkpointing", None) or body.gradient_checkpointing
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 0 < n_train < info["params"] / 10
     # a training step through the checkpointed, frozen-base model reaches the adapters
-    from adakd.train import head_logits, hidden_at
+    from adakd.training.forward import head_logits, hidden_at
     model.train()
     ids = torch.tensor([[4, 5, 6, 7, 8]])
     mask = torch.ones(1, 4, dtype=torch.bool)
@@ -220,7 +220,7 @@ def test_get_student_with_lora_and_checkpointing():
 
 # --------------------------------------------------------------------------------- local models, dtype
 def test_local_model_checksum_is_verified(tmp_path):
-    from adakd.pipeline import _build
+    from adakd.build.construct import build_model as _build
     model = tiny_gpt2(97, seed=0, n_layer=1, n_embd=32)
     save_model(model, None, tmp_path / "m")
     spec = OmegaConf.create({"source": "pretrained", "path": str(tmp_path / "m"), "dtype": "bfloat16",
@@ -236,14 +236,14 @@ def test_local_model_checksum_is_verified(tmp_path):
 
 
 def test_load_dtype_policy():
-    from adakd.pipeline import load_dtype
+    from adakd.build.devices import load_dtype
     assert load_dtype("bfloat16", torch.device("cpu")) == "float32"
     assert load_dtype("bfloat16", torch.device("cuda")) == "bfloat16"
     assert load_dtype("float32", torch.device("cuda")) == "float32"
 
 
 def test_teacher_recipe_hash_ignores_where_the_teacher_runs():
-    from adakd.pipeline import teacher_recipe_hash
+    from adakd.build.identity import teacher_key as teacher_recipe_hash
     from adakd.schema import RunConfig
     cfg = OmegaConf.structured(RunConfig)
     h = teacher_recipe_hash(cfg)
@@ -274,7 +274,7 @@ def test_real_pair_configs_compose(name):
 def test_find_gguf_without_the_package(monkeypatch):
     import importlib.util
 
-    from adakd import prepare
+    from adakd.models import gguf as prepare
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="make models"):
         prepare.find_gguf()

@@ -12,9 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from adakd.losses import per_token
-from adakd.objective import STAT_KEYS, KDObjective, adakd_loss, align_vocab, build_objective
-from adakd.schema.objective import AdakdConfig, MethodConfig
+from adakd.kd.losses import per_token
+from adakd.kd.objective import STAT_KEYS, HiddenStates, KDObjective, adakd_loss, align_vocab, build_objective
+from adakd.schema import AdakdConfig, MethodConfig
 
 try:  # tests/ is a package
     from .test_losses import np_softmax, oracle_divergence
@@ -165,9 +165,7 @@ def _run_logits(obj, s, t, labels, scale=1.0):
 
 def _run_hidden(obj, hs, ws, bs, ht, wt, bt, labels):
     leaves = [x.clone().requires_grad_() if x is not None else None for x in (hs, ws, bs)]
-    loss, stats = obj.forward_hidden(
-        leaves[0], leaves[1], ht, wt, labels, student_head_bias=leaves[2], teacher_head_bias=bt
-    )
+    loss, stats = obj(HiddenStates(leaves[0], leaves[1], leaves[2]), HiddenStates(ht, wt, bt), labels)
     loss.backward()
     return [loss.detach()] + [x.grad for x in leaves if x is not None], stats
 
@@ -291,7 +289,7 @@ def test_masked_tokens_are_never_selected(impl):
     ht[0] *= 50.0
     leaves = [hs.clone().requires_grad_(), ws.clone().requires_grad_()]
     obj = _objective("rkl", impl, ratio=0.3, idts=True)
-    loss, stats = obj.forward_hidden(leaves[0], leaves[1], ht, wt, labels, telemetry=True)
+    loss, stats = obj(HiddenStates(leaves[0], leaves[1]), HiddenStates(ht, wt), labels, telemetry=True)
     loss.backward()
     kept = stats["_tensors"]["kept_index"]
     assert not (labels.reshape(-1)[kept] == -100).any() and len(kept) == math.floor(0.3 * 14)
@@ -314,7 +312,7 @@ def test_empty_selection_gives_connected_zero(impl):
     if impl == "fused":
         hs, ws, _, ht, wt, _, _ = make_hidden(seed=31)
         leaves = [hs.clone().requires_grad_(), ws.clone().requires_grad_()]
-        loss, stats = obj.forward_hidden(leaves[0], leaves[1], ht, wt, labels)
+        loss, stats = obj(HiddenStates(leaves[0], leaves[1]), HiddenStates(ht, wt), labels)
     else:
         leaves = [s.clone().requires_grad_()]
         loss, stats = obj(leaves[0], t, labels)

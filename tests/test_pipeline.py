@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adakd import runner
+from adakd.experiment import runner
 
 from .compose import compose_cfg
 

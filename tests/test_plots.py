@@ -5,7 +5,7 @@ import json
 import math
 import random
 
-from adakd.plots import hard_easy_tau, plot_run, plot_table
+from adakd.experiment.plots import hard_easy_tau, plot_run, plot_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from adakd.preflight import (
+from adakd.build.preflight import (
     ACT_FACTOR,
     OVERHEAD,
     GiB,
@@ -60,8 +60,8 @@ def test_counts_match_instantiated_models(kind):
     model = mcls(cfg)
     shape = shape_from_config(cfg)
     assert shape.n_params == sum(p.numel() for p in model.parameters())
-    from adakd.lora import apply_lora
-    from adakd.pruning import prune_layers
+    from adakd.models.lora import apply_lora
+    from adakd.models.pruning import prune_layers
     assert shape.pruned(2).n_params == sum(p.numel() for p in prune_layers(model, keep_layers=[0, 2]).parameters())
     peft = apply_lora(model, {"r": 4})
     assert lora_params(shape, 4) == sum(p.numel() for p in peft.parameters() if p.requires_grad)
@@ -153,14 +153,13 @@ def test_plan_from_config_and_runner_check_on_cpu():
     assert plan.amp_bytes == 4 and plan.student.dtype_bytes == 4
     rep = check_run(cfg, tok, torch.device("cpu"))
     assert rep is not None and rep.ok
-    cfg.method.recipe, cfg.method.divergence = "sft", "none"
-    assert plan_from_config(cfg, tok, torch.device("cpu")).teacher is None
-    cfg.run.stage = "eval_teacher"
-    assert plan_from_config(cfg, tok, torch.device("cpu")).stage == "eval"
+    assert plan_from_config(cfg, tok, torch.device("cpu"), distils=False).teacher is None   # SFT
+    plan = plan_from_config(cfg, tok, torch.device("cpu"), trains=False, evaluates_teacher=True)
+    assert plan.stage == "eval" and plan.student is None and plan.teacher is not None
 
 
 def test_runner_check_refuses_a_pair_that_cannot_fit(monkeypatch):
-    from adakd import preflight
+    from adakd.build import preflight
     monkeypatch.setattr(preflight, "free_bytes", lambda d: 256 * 1024 ** 2)
     with pytest.raises(PreflightError, match="what would make it fit|nothing tried fits"):
         check_run(_cfg(), tiny_tokenizer(300), torch.device("cpu"))

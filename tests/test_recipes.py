@@ -11,8 +11,8 @@ import torch
 
 from adakd.data import collate_train, encode_example
 from adakd.data.prompts import IGNORE_INDEX
-from adakd.generation import generate_from_ids
-from adakd.recipes import (
+from adakd.evaluation.generation import generate_from_ids
+from adakd.training.recipes import (
     AdaptiveProbability,
     DistiLLMSource,
     GKDSource,
@@ -22,9 +22,9 @@ from adakd.recipes import (
     check_recipe_params,
     recipe_params,
 )
-from adakd.recipes.common import split_batch
-from adakd.recipes.distillm import fresh_fraction
-from adakd.recipes.seqkd import stream_keys
+from adakd.training.recipes.common import split_batch
+from adakd.training.recipes.distillm import fresh_fraction
+from adakd.training.recipes.seqkd import stream_keys
 
 from .compose import compose_cfg
 from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
@@ -260,8 +260,8 @@ def test_distillm_state_round_trip_continues_identically(tok, student, teacher, 
 
 
 def test_distillm_validation_loss_is_the_plain_divergence_on_dev(tok, student, teacher, examples):
-    from adakd.losses import per_token
-    from adakd.train import response_positions
+    from adakd.kd.losses import per_token
+    from adakd.training.forward import response_positions
 
     src = _distillm(tok, student, teacher, examples, dev=examples[:5], val_batch=2)
     got = src.validation_loss(fake_trainer())
@@ -312,13 +312,13 @@ def test_seqkd_generates_once_and_reuses_the_cache(tok, teacher, examples, tmp_p
                                        ["method=distillm", "method.divergence=sfkl"], ["method=seqkd"],
                                        ["method=seqkd", "method.kd_ratio=1.0", "train.teacher_cache.enabled=true"]])
 def test_recipe_presets_validate(overrides):
-    from adakd.validate import validate_config
+    from adakd.experiment.validate import validate_config
     validate_config(compose_cfg(["experiment=smoke", *overrides]))
 
 
 @pytest.mark.parametrize("recipe", ["gkd", "distillm"])
 def test_teacher_cache_is_refused_for_on_policy_recipes(recipe):
-    from adakd.validate import ConfigError, validate_config
+    from adakd.experiment.validate import ConfigError, validate_config
     with pytest.raises(ConfigError, match="sampled from the current student"):
         validate_config(compose_cfg(["experiment=smoke", f"method={recipe}", "train.teacher_cache.enabled=true"]))
 
@@ -335,7 +335,7 @@ def test_recipe_params_are_checked():
 def test_distillm_smoke_run_end_to_end(tmp_path):
     """The whole pipeline with DistiLLM, SGO on from the start and a small buffer: generated, replayed and
     dataset batches all occur, validation runs every 3 steps, the state is in the checkpoint."""
-    from adakd import runner
+    from adakd.experiment import runner
 
     cfg = compose_cfg(["experiment=smoke", "method=distillm", f"run.output_root={tmp_path}", "run.progress=false",
                        "logger=none", "train.threads=1", "train.steps=6", "train.val_every=3",
@@ -357,17 +357,12 @@ def test_distillm_smoke_run_end_to_end(tmp_path):
 def test_sft_baseline_of_a_recipe_row_is_the_plain_sft_run(monkeypatch):
     """Table 1's SFT row under method=gkd / distillm validates (no foreign recipe_params) and is the same run
     as under method=rkl."""
-    from adakd import runner
-    from adakd.validate import validate_config
+    from adakd.experiment.tasks import baseline_config, run_dir_for
+    from adakd.experiment.validate import validate_config
 
     seen = []
-
-    def fake_run(sub, ctx=None):
-        validate_config(sub)
-        seen.append(runner.run_dir_for(sub))
-        return {"rougeL": {}, "avg": 0.0, "run": {"dir": "x"}}
-
-    monkeypatch.setattr(runner, "run", fake_run)
     for method in ("gkd", "distillm", "seqkd", "jsd", "rkl"):
-        runner._baseline(compose_cfg(["experiment=smoke", f"method={method}"]), "sft", None)
+        sub = baseline_config(compose_cfg(["experiment=smoke", f"method={method}"]), "sft")
+        validate_config(sub)
+        seen.append(run_dir_for(sub))
     assert len(set(seen)) == 1

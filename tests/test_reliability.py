@@ -17,9 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from adakd import checkpoint as ckpt
+from adakd.training import checkpoint as ckpt
 from adakd import io as aio
-from adakd.train import PREEMPTED_EXIT_CODE, NonFiniteLoss, Preempted, Trainer, _truncate_log
+from adakd.training.signals import PREEMPTED_EXIT_CODE, Preempted
+from adakd.training.diagnostics import NonFiniteLoss
+from adakd.training.loop import Trainer
+from adakd.training.logs import truncate_log as _truncate_log
 
 try:   # tests/ as a package (relative import) or as plain modules on sys.path
     from .compose import compose_cfg
@@ -65,7 +68,7 @@ def _cfg(overrides=()):
 def _trainer(tmp: Path, encoded, cfg, *, steps: int = 8, dropout: float = 0.1, on_step_end=None,
              world_size: int = 1, rank: int = 0):
     from adakd.data import collate_train
-    from adakd.objective import build_objective
+    from adakd.kd.objective import build_objective
     from adakd.tracking import NullLogger
     tok = tiny_tokenizer()
     teacher = _model(1, n_layer=2).eval()
@@ -323,7 +326,7 @@ def test_signal_checkpoints_at_step_boundary_then_resumes(tmp_path, encoded, sig
 
 
 def test_sigterm_outside_training_stops_at_once_as_preempted():
-    from adakd.train import preemptible
+    from adakd.training.signals import preemptible
     before = signal.getsignal(signal.SIGTERM)
     # what cli.py wraps around a run: e.g. a signal during evaluation
     with pytest.raises(Preempted, match="outside the training loop"), preemptible():
@@ -350,7 +353,7 @@ def test_rng_of_each_rank_is_restored_on_that_rank(tmp_path, encoded):
 def _inject(monkeypatch, trainer_box, bad_steps, kind="nan", once=False):
     """Make the KD objective return a NaN loss (or a NaN gradient) at the given 1-based steps (`once`: a
     transient fault, gone when the step is tried again)."""
-    from adakd.objective import KDObjective
+    from adakd.kd.objective import KDObjective
     real = KDObjective.__call__
 
     def call(self, s_logits, t_logits, labels, telemetry=False):
@@ -446,7 +449,7 @@ def test_global_batch_must_divide_by_micro_batch_times_world_size(tmp_path, enco
     (["model.tokenizer=./no/such/tokenizer"], ["model.tokenizer", "not found"]),
 ])
 def test_bad_settings_fail_before_any_work(override, needles):
-    from adakd.validate import ConfigError, validate_config
+    from adakd.experiment.validate import ConfigError, validate_config
     with pytest.raises(ConfigError) as e:
         validate_config(compose_cfg(["experiment=smoke", *override]))
     for n in needles:
@@ -478,7 +481,7 @@ def _dolly_root(tmp_path: Path, broken_line: int | None = 3, n: int = 6) -> Path
 def test_malformed_training_data_fails_before_tokenizer_or_models(tmp_path):
     import time
 
-    from adakd import runner
+    from adakd.experiment import runner
     from adakd.data import DataError
     root = _dolly_root(tmp_path)
     out = tmp_path / "out"
@@ -494,7 +497,7 @@ def test_malformed_training_data_fails_before_tokenizer_or_models(tmp_path):
 
 
 def test_mismatched_tokenizers_refused_before_models_load(tmp_path):
-    from adakd import runner
+    from adakd.experiment import runner
     from adakd.models import ModelLoadError, train_bpe_tokenizer
     a, b = tmp_path / "tok-a", tmp_path / "tok-b"
     train_bpe_tokenizer(["alpha beta gamma delta"] * 20, 280, a)
@@ -528,7 +531,7 @@ def test_no_unsafe_deserialisation_in_the_package():
 def test_weights_load_through_safetensors_and_remote_code_only_on_request(tmp_path, monkeypatch):
     import transformers
 
-    from adakd.pipeline import _build
+    from adakd.build.construct import build_model as _build
     seen = []
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
                         lambda path, **kw: seen.append(kw) or torch.nn.Linear(1, 1))
@@ -562,7 +565,7 @@ def test_all_trainer_state_loads_with_weights_only(tmp_path, encoded):
 def _gather_worker(rank: int, world: int, init: str, q):
     import torch.distributed as dist
 
-    from adakd.train import _gather_rng
+    from adakd.training.distributed import gather_rng as _gather_rng
     try:
         dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
         torch.manual_seed(100 + rank)

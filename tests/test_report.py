@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from adakd import report
+from adakd.experiment import report, table_render, tables
 from adakd.io import atomic_write_json
-from adakd.report import AVG, Cell, Row, Table, cells, paired_p, render_markdown, render_tex, seed_scores
-from adakd.runner import run_dir_for
-from adakd.sweep import strip_table
+from adakd.experiment.table_stats import AVG, Cell, cells, paired_p, seed_scores
+from adakd.experiment.tables import Row, Table
+from adakd.experiment.table_render import render_markdown, render_tex
+from adakd.experiment.tasks import run_dir_for
+from adakd.experiment.sweep import strip_table
 
 from .compose import compose_cfg
 
@@ -127,16 +129,16 @@ def test_single_seed_cells_have_no_std_and_no_marker():
 
 
 def test_available_tables_and_unknown_table():
-    names = report.available_tables()
+    names = tables.available_tables()
     assert {"table1", "table2", "table3", "table4", "table5", "smoke"} <= set(names)
     with pytest.raises(SystemExit, match="unknown table 'nope'; tables: smoke, table1"):
-        report.collect("nope", "cpu")
+        tables.collect("nope", "cpu")
 
 
 def test_results_table_still_works():
     m = _metrics([1.0, 2.0])
     m["baselines"] = {"teacher": {"label": "teacher", "rougeL": _metrics([5.0, 6.0])["rougeL"], "avg": 5.5}}
-    out = report.results_table(m, label="student rkl")
+    out = table_render.results_table(m, label="student rkl")
     assert "| teacher | 5.50 ± 0.71 | 5.50 |" in out and "| student rkl | 1.50 ± 0.71 | 1.50 |" in out
 
 
@@ -148,7 +150,7 @@ def test_baseline_rows_come_from_the_runs(tmp_path):
     m["baselines"] = {"teacher": {"label": "teacher", "rougeL": teacher,
                                   "avg": 30.0, "dir": "x"}}
     atomic_write_json(rd / "metrics.json", m)
-    t = report.collect("table1", "smoke", [f"run.output_root={tmp_path}"])
+    t = tables.collect("table1", "smoke", [f"run.output_root={tmp_path}"])
     by = {r.id: r for r in t.rows}
     assert [r.id for r in t.rows[:2]] == ["teacher", "sft"]
     assert by["teacher"].status == "ok" and by["sft"].status == "missing"

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from adakd.adaptive import DifficultyMetric
-from adakd.losses import DIVERGENCES, per_token
-from adakd.losses.sparse import BucketMetric, dense_teacher, topk_from_logits
-from adakd.losses.sparse import per_token as sparse_per_token
-from adakd.objective import build_objective
-from adakd.schema.objective import AdakdConfig, MethodConfig
+from adakd.kd.adaptive import DifficultyMetric
+from adakd.kd.losses import DIVERGENCES, per_token
+from adakd.kd.losses.sparse import BucketMetric, dense_teacher, topk_from_logits
+from adakd.kd.losses.sparse import per_token as sparse_per_token
+from adakd.kd.objective import build_objective
+from adakd.schema import AdakdConfig, MethodConfig
 
 from .compose import compose_cfg
 from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
@@ -76,7 +76,7 @@ def test_gradient_reaches_every_student_logit_and_is_finite():
     assert torch.isfinite(s2.grad).all()
 
 
-def test_objective_forward_sparse_matches_dense_with_latf_and_idts():
+def test_objective_with_topk_teacher_matches_dense_with_latf_and_idts():
     s, t = logits(n=30, v=40)
     s, t = s.view(2, 15, 40), t.view(2, 15, 40)
     labels = torch.randint(0, 40, (2, 15))
@@ -85,10 +85,10 @@ def test_objective_forward_sparse_matches_dense_with_latf_and_idts():
     for div, form in (("rkl", "dense"), ("rkl", "buckets"), ("jsd", "dense"), ("srkl", "buckets")):
         a = AdakdConfig(ratio_schedule="fixed", ratio_end=0.6)
         o1, o2 = build_objective(MethodConfig(divergence=div), a, total_steps=10), \
-            build_objective(MethodConfig(divergence=div), a, total_steps=10)
+            build_objective(MethodConfig(divergence=div), a, total_steps=10, teacher_cache={"form": form})
         s1, s2 = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
         l1, st1 = o1(s1, t, labels, telemetry=True)
-        l2, st2 = o2.forward_sparse(s2, top, labels, telemetry=True, form=form)
+        l2, st2 = o2(s2, top, labels, telemetry=True)
         l1.backward()
         l2.backward()
         assert float(l2.detach()) == pytest.approx(float(l1.detach()), rel=1e-12)
@@ -108,23 +108,23 @@ def test_dense_form_is_the_dense_loss_on_the_rebuilt_teacher():
     o1, o2 = (build_objective(MethodConfig(divergence="akl"), a, total_steps=1) for _ in range(2))
     s1, s2 = s.clone().requires_grad_(True), s.clone().requires_grad_(True)
     l1, _ = o1(s1, rebuilt, labels)
-    l2, _ = o2.forward_sparse(s2, top, labels, form="dense")
+    l2, _ = o2(s2, top, labels)
     l1.backward()
     l2.backward()
     assert float(l2.detach()) == pytest.approx(float(l1.detach()), rel=1e-12)
     assert torch.allclose(s1.grad, s2.grad, atol=1e-14)
 
 
-def test_forward_sparse_refuses_logit_standardisation_and_bad_ids():
+def test_topk_teacher_refuses_logit_standardisation_and_bad_ids():
     s, t = logits(n=4, v=10)
     labels = torch.zeros(1, 4, dtype=torch.long)
     o = build_objective(MethodConfig(), AdakdConfig(latf=False, idts=False, temperature="logit_std"), total_steps=1)
     with pytest.raises(ValueError, match="logit_std"):
-        o.forward_sparse(s[None], topk_from_logits(t, 3).unsqueeze(0), labels)
+        o(s[None], topk_from_logits(t, 3).unsqueeze(0), labels)
     o = build_objective(MethodConfig(), AdakdConfig(), total_steps=1)
     bad = topk_from_logits(torch.randn(4, 20, dtype=F64), 3)
     with pytest.raises(ValueError, match="vocabulary"):
-        o.forward_sparse(s[None], bad.unsqueeze(0), labels)
+        o(s[None], bad.unsqueeze(0), labels)
 
 
 def test_dense_reconstruction_keeps_the_top_k_and_the_tail_mass():
@@ -160,8 +160,8 @@ def examples(tok):
 
 def test_cache_rows_are_the_live_teachers_top_k(tmp_path, tok, pair, examples):
     from adakd.data import collate_train
-    from adakd.teacher_cache import TeacherCache, build, bytes_per_token
-    from adakd.train import head_logits, hidden_at, response_positions
+    from adakd.training.topk_cache import TeacherCache, build, bytes_per_token
+    from adakd.training.forward import head_logits, hidden_at, response_positions
 
     teacher, _ = pair
     v = len(tok)
@@ -187,21 +187,22 @@ def test_cache_rows_are_the_live_teachers_top_k(tmp_path, tok, pair, examples):
     with pytest.raises(KeyError, match="not in the teacher cache"):
         cache.rows_of([([1, 2, 3], [-100, 2, 3])])
     # a second build of the same inputs is the same key; a different k another
-    from adakd.teacher_cache import cache_key
+    from adakd.training.topk_cache import cache_key
     assert cache_key("t", examples, 16, v) == cache_key("t", list(reversed(examples)), 16, v) != \
         cache_key("t", examples, 8, v)
 
 
 def test_cached_trainer_matches_the_live_teacher(tmp_path, tok, pair, examples):
-    """One loss evaluation through CachedTeacherTrainer at k = V - 1 equals the live Trainer's (up to the
+    """One loss evaluation with the CachedTeacher source at k = V - 1 equals the live teacher's (up to the
     fp16 storage of the log-probabilities); with AdaKD on (LATF fixed 0.7 + IDTS)."""
     from omegaconf import OmegaConf
 
     from adakd.data import collate_train
     from adakd.schema import TrainConfig
-    from adakd.teacher_cache import CachedTeacherTrainer, TeacherCache, build
+    from adakd.training.teachers import CachedTeacher
+    from adakd.training.topk_cache import TeacherCache, build
     from adakd.tracking import NullLogger
-    from adakd.train import Trainer
+    from adakd.training.loop import Trainer
 
     teacher, student = pair
     v = len(tok)
@@ -215,20 +216,21 @@ def test_cached_trainer_matches_the_live_teacher(tmp_path, tok, pair, examples):
     live = Trainer(teacher=teacher, objective=build_objective(method, acfg, total_steps=1),
                    run_dir=tmp_path / "a", **common)
     batch = collate_train(examples[:4], tok.pad_token_id)
-    l1, s1 = live.loss_on(batch, telemetry=False)
+    _, l1, s1 = live.losses(batch, telemetry=False)
     for form in ("dense", "buckets"):
-        cached = CachedTeacherTrainer(cache=cache, teacher=teacher, form=form, run_dir=tmp_path / form,
-                                      objective=build_objective(method, acfg, total_steps=1), **common)
-        assert cached.teacher is None and cached.kd_ratio == 1.0
-        l2, s2 = cached.loss_on(batch, telemetry=False)
+        cached = Trainer(teacher=CachedTeacher(cache), run_dir=tmp_path / form,
+                         objective=build_objective(method, acfg, total_steps=1, teacher_cache={"form": form}),
+                         **common)
+        assert cached.teacher.model is None and cached.kd_ratio == 1.0
+        _, l2, s2 = cached.losses(batch, telemetry=False)
         assert float(l2.detach()) == pytest.approx(float(l1.detach()), rel=2e-3)
         assert s1["n_kept"] == s2["n_kept"]
 
 
 def test_teacher_cache_end_to_end_smoke(tmp_path):
     """experiment=smoke with the cache: built once, reused by a second run (another seed), refused for gkd."""
-    from adakd import runner
-    from adakd.validate import ConfigError
+    from adakd.experiment import runner
+    from adakd.experiment.validate import ConfigError
 
     base = ["experiment=smoke", f"run.output_root={tmp_path}", "run.progress=false", "logger=none",
             "train.threads=1", "train.steps=3", "eval.max_samples=4", "dataset.n_train=48",

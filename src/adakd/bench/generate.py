@@ -19,17 +19,18 @@ from pathlib import Path
 
 import torch
 
-from adakd.generation import _encode_prompts, generate_ids
+from adakd.evaluation.generation import _encode_prompts, generate_ids
+
+from adakd import models
+from adakd.data import load_benchmark, render_prompt
 
 
 def _prompts(n: int) -> tuple[list[str], list[str], str]:
     root = os.environ.get("ADAKD_DATA_DIR")
     if root and (Path(root) / "dolly" / "test.jsonl").is_file():
-        from adakd.data import load_benchmark
         examples = load_benchmark("dolly", root)
         corpus = [ex.prompt for ex in examples] + [r for ex in examples for r in ex.references]
         return [ex.prompt for ex in examples[:n]], corpus, "dolly/test.jsonl"
-    from adakd.data import render_prompt
     words = ["the", "a", "of", "to", "and", "in", "is", "it", "you", "that", "was", "for", "on", "are",
              "with", "as", "his", "they", "be", "at", "one", "have", "this"]
     prompts = [render_prompt(" ".join(words[(i * 7 + k) % len(words)] for k in range(8 + i % 40)) + "?")
@@ -38,7 +39,6 @@ def _prompts(n: int) -> tuple[list[str], list[str], str]:
 
 
 def _model_and_tokenizer(args, corpus: list[str]):
-    from adakd import models
     if args.model:
         return models.load_pretrained(args.model), models.load_tokenizer(args.model), {"path": args.model}
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,6 +25,11 @@ from typing import Any, Dict, List
 
 import torch
 
+from adakd.kd.objective import HiddenStates, build_objective
+from adakd.models import lm_parts
+from adakd.schema import AdakdConfig, MethodConfig
+from adakd.training.forward import head_logits, hidden_at, response_positions
+
 SIZES = {
     "gpu": {"teacher": dict(n_layer=48, n_embd=1600, n_head=25), "student": dict(n_layer=12, n_embd=768, n_head=12),
             "vocab": 50257, "seq": 512, "batch": 8, "steps": 10, "warmup": 3},
@@ -37,8 +42,6 @@ TEACHER_DTYPE: List[Any] = [None]   # --teacher-dtype
 
 
 def _objective(kind: str, impl: str, total_steps: int):
-    from adakd.objective import build_objective
-    from adakd.schema.objective import AdakdConfig, MethodConfig
     if kind == "kd":
         adakd = AdakdConfig(name="none", latf=False, idts=False)
     else:   # AdaKD at its steady state: LATF keeps 75 % of the tokens, IDTS on
@@ -76,8 +79,6 @@ def _sync(device: torch.device) -> None:
 
 
 def run_config(kind: str, impl: str, size: Dict[str, Any], batch: int, device: torch.device, amp) -> Dict[str, Any]:
-    from adakd.models import lm_parts
-    from adakd.train import head_logits, hidden_at, response_positions
 
     teacher, student = _models(size, device, TEACHER_DTYPE[0] or (torch.bfloat16 if device.type == "cuda" else torch.float32))
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4)
@@ -99,8 +100,8 @@ def run_config(kind: str, impl: str, size: Dict[str, Any], batch: int, device: t
         if impl == "fused":
             _, s_head = lm_parts(student)
             _, t_head = lm_parts(teacher)
-            loss, _ = obj.forward_hidden(h_s[None].float(), s_head.weight, h_t[None].to(t_head.weight.dtype),
-                                          t_head.weight, tgt[None])
+            loss, _ = obj(HiddenStates(h_s[None].float(), s_head.weight),
+                          HiddenStates(h_t[None].to(t_head.weight.dtype), t_head.weight), tgt[None])
         else:
             with autocast():
                 s_logits = head_logits(student, h_s)

@@ -41,6 +41,9 @@ import sys
 import time
 from typing import Any, Dict, List, Tuple
 
+from adakd.kd.objective import HiddenStates, build_objective
+from adakd.schema import AdakdConfig, MethodConfig
+
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 LOSSES = ("rkl", "rkl_adakd")
 IMPLS = ("reference", "chunked", "reference_hidden", "fused")
@@ -62,8 +65,6 @@ TARGETS = {
 
 
 def _objective(loss: str, impl: str, chunk: int, total_steps: int = 100):
-    from adakd.objective import build_objective
-    from adakd.schema.objective import AdakdConfig, MethodConfig
 
     if loss == "rkl":
         adakd = AdakdConfig(name="none", latf=False, idts=False)
@@ -145,16 +146,16 @@ class LossCase:
             k, w = 8, 64
             if self.hidden:
                 x = [self.hs[:k].detach().requires_grad_(), self.ws[:w].detach().requires_grad_()]
-                loss, _ = self.obj.forward_hidden(
-                    x[0][None], x[1], self.ht[:k][None], self.wt[:w], self.labels[:, :k]
-                )
+                loss, _ = self.obj(HiddenStates(x[0][None], x[1]), HiddenStates(self.ht[:k][None], self.wt[:w]),
+                                   self.labels[:, :k])
             else:
                 x = [self.s[:, :k, :w].detach().requires_grad_()]
                 loss, _ = self.obj(x[0], self.t[:, :k, :w], self.labels[:, :k])
         else:
             x = self.leaves
             if self.hidden:
-                loss, _ = self.obj.forward_hidden(self.hs[None], self.ws, self.ht[None], self.wt, self.labels)
+                loss, _ = self.obj(HiddenStates(self.hs[None], self.ws), HiddenStates(self.ht[None], self.wt),
+                                   self.labels)
             else:
                 loss, _ = self.obj(self.s, self.t, self.labels)
         loss.backward()
@@ -228,13 +229,8 @@ def worker_train(args) -> Dict[str, Any]:
             t_out = teacher(input_ids=ids, output_hidden_states=args.train_impl == "fused")
         if args.train_impl == "fused":
             s_out = student.transformer(input_ids=ids)
-            loss, _ = obj.forward_hidden(
-                s_out.last_hidden_state,
-                student.lm_head.weight,
-                t_out.hidden_states[-1],
-                teacher.lm_head.weight,
-                labels,
-            )
+            loss, _ = obj(HiddenStates(s_out.last_hidden_state, student.lm_head.weight),
+                          HiddenStates(t_out.hidden_states[-1], teacher.lm_head.weight), labels)
         else:
             s_logits = student(input_ids=ids).logits
             loss, _ = obj(s_logits, t_out.logits, labels)

@@ -39,6 +39,21 @@ from typing import Any
 
 import torch
 
+from adakd.data import collate_train, encode_example, load_benchmark, synthetic
+from adakd.data.prompts import apply_chat_template
+from adakd.kd.adaptive import DifficultyMetric
+from adakd.kd.losses import per_token
+from adakd.kd.losses.sparse import BucketMetric, dense_teacher, FORMS, per_token as sparse_per_token, TeacherTopK, topk_from_logits
+from adakd.kd.objective import build_objective, select_tokens
+from adakd.models import lm_parts, load_pretrained, load_tokenizer, model_from_arch
+from adakd.models.pruning import prune_layers
+from adakd.schema import AdakdConfig, MethodConfig, TrainConfig
+from adakd.tracking import NullLogger
+from adakd.training.forward import head_logits, hidden_at, response_positions
+from adakd.training.loop import Trainer
+from adakd.training.teachers import CachedTeacher
+from adakd.training.topk_cache import build, bytes_per_token, TeacherCache
+
 KS = (8, 32, 128, 512)
 DIVS = {"fkl": {}, "rkl": {}, "jsd": {"beta": 0.1}, "tvd": {}, "sfkl": {"alpha": 0.1}, "srkl": {"alpha": 0.1},
         "abkd": {"alpha": 0.2, "beta": 0.7}, "akl": {"mu": 0.5}}
@@ -47,9 +62,6 @@ TAILS = ("student", "uniform", "atom")
 
 # --------------------------------------------------------------------------------------------- setups
 def _synthetic_setup(n: int, trained: str | None) -> dict[str, Any]:
-    from adakd.data import encode_example, synthetic
-    from adakd.models import load_pretrained, load_tokenizer, model_from_arch
-    from adakd.pruning import prune_layers
 
     asset = Path(str(resources.files("adakd") / "assets" / "synthetic-teacher"))
     tok = load_tokenizer(str(asset))
@@ -71,15 +83,10 @@ def _synthetic_setup(n: int, trained: str | None) -> dict[str, Any]:
 
 
 def _real_setup(path: str, n: int) -> dict[str, Any] | None:
-    from adakd.data import encode_example
-    from adakd.data.prompts import apply_chat_template
-    from adakd.models import load_pretrained, load_tokenizer
-    from adakd.pruning import prune_layers
 
     root = os.environ.get("ADAKD_DATA_DIR") or str(Path(__file__).resolve().parents[3].parent / "shared" / "data")
     if not (Path(path) / "config.json").exists() or not (Path(root) / "dolly" / "dev.jsonl").exists():
         return None
-    from adakd.data import load_benchmark
     tok = load_tokenizer(path)
     teacher = load_pretrained(path).eval()
     student = prune_layers(teacher, every_k=2).eval()
@@ -101,8 +108,6 @@ def _real_setup(path: str, n: int) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------- fidelity
 @torch.no_grad()
 def _logits(model, examples, pad_id, batch=16):
-    from adakd.data import collate_train
-    from adakd.train import head_logits, hidden_at, response_positions
     out, tgts = [], []
     for i in range(0, len(examples), batch):
         b = collate_train(examples[i:i + batch], pad_id)
@@ -114,7 +119,6 @@ def _logits(model, examples, pad_id, batch=16):
 
 def _stored(top):
     """The cache's storage rounding: fp16 log-probabilities, fp32 tail."""
-    from adakd.losses.sparse import TeacherTopK
     return TeacherTopK(top.ids, top.logprobs.half().float(), top.tail.float())
 
 
@@ -128,9 +132,6 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 def _plain(name, params, s, teacher, form: str | None):
     """(mean per-token divergence, its gradient w.r.t. the student logits, flattened). form None: live
     logits; "dense": the rebuilt teacher rows; "buckets": k + 1 buckets."""
-    from adakd.losses import per_token
-    from adakd.losses.sparse import dense_teacher
-    from adakd.losses.sparse import per_token as sparse_per_token
     x = s.clone().requires_grad_(True)
     if form == "buckets":
         loss = sparse_per_token(name, x, teacher, **params).mean()
@@ -142,15 +143,13 @@ def _plain(name, params, s, teacher, form: str | None):
 
 
 def _adakd(s, teacher, tgt, form: str | None, tail: str = "student", divergence: str = "rkl"):
-    from adakd.objective import build_objective
-    from adakd.schema.objective import AdakdConfig, MethodConfig
     obj = build_objective(MethodConfig(divergence=divergence), AdakdConfig(ratio_schedule="fixed", ratio_end=0.75),
-                          total_steps=1)
+                          total_steps=1, teacher_cache={"form": form or "dense", "tail": tail})
     x = s.clone().requires_grad_(True)
     if form is None:
         loss, _ = obj(x[None], teacher[None], tgt[None])
     else:
-        loss, _ = obj.forward_sparse(x[None], teacher.unsqueeze(0), tgt[None], tail=tail, form=form)
+        loss, _ = obj(x[None], teacher.unsqueeze(0), tgt[None])
     loss.backward()
     return float(loss.detach()), x.grad.flatten().double()
 
@@ -164,9 +163,6 @@ def _rel(a: float, b: float) -> float:
 
 
 def fidelity(setup: dict[str, Any], ks: Sequence[int], ratios=(0.75, 0.5)) -> list[dict[str, Any]]:
-    from adakd.adaptive import DifficultyMetric
-    from adakd.losses.sparse import FORMS, BucketMetric, dense_teacher, topk_from_logits
-    from adakd.objective import select_tokens
 
     pad = setup["tok"].pad_token_id if setup["tok"].pad_token_id is not None else setup["tok"].eos_token_id
     t, tgt = _logits(setup["teacher"], setup["dev"], pad)
@@ -217,18 +213,11 @@ def fidelity(setup: dict[str, Any], ks: Sequence[int], ratios=(0.75, 0.5)) -> li
 def speed(setup: dict[str, Any], k: int, steps: int, tmp: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    from adakd.data import collate_train
-    from adakd.objective import build_objective
-    from adakd.schema import TrainConfig
-    from adakd.schema.objective import AdakdConfig, MethodConfig
-    from adakd.teacher_cache import CachedTeacherTrainer, TeacherCache, build, model_vocab
-    from adakd.tracking import NullLogger
-    from adakd.train import Trainer
 
     tok, teacher, data = setup["tok"], setup["teacher"], setup["train"]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     mb = setup["micro_batch"]
-    v = min(model_vocab(teacher), model_vocab(setup["speed_student"]))
+    v = min(int(lm_parts(m)[1].weight.shape[0]) for m in (teacher, setup["speed_student"]))
     t0 = time.perf_counter()
     path = build(teacher, data, tmp / f"cache-{k}", k=min(k, v - 1), vocab=v, pad_id=pad, batch_size=mb)
     build_s = time.perf_counter() - t0
@@ -242,7 +231,7 @@ def speed(setup: dict[str, Any], k: int, steps: int, tmp: Path) -> dict[str, Any
                 "logger": NullLogger(), "device": torch.device("cpu"), "total_steps": 10 ** 6, "progress": False,
                 "run_dir": tmp / name, "objective": build_objective(method, AdakdConfig(), total_steps=10 ** 6)}
     live = Trainer(teacher=teacher, **common("live"))
-    cached = CachedTeacherTrainer(cache=cache, teacher=teacher, **common("cached"))
+    cached = Trainer(teacher=CachedTeacher(cache), **common("cached"))
     for tr in (live, cached):
         tr.run_dir.mkdir(parents=True, exist_ok=True)
         tr._one_step(False)   # warm-up
@@ -262,7 +251,6 @@ def speed(setup: dict[str, Any], k: int, steps: int, tmp: Path) -> dict[str, Any
 
 
 def disk_table(ks: Sequence[int]) -> list[dict[str, Any]]:
-    from adakd.teacher_cache import bytes_per_token
     return [{"k": k, "bytes_per_token": bytes_per_token(k),
              "mb_per_million_tokens": round(bytes_per_token(k) * 1e6 / 2 ** 20, 1)} for k in ks]
 

@@ -1,0 +1,191 @@
+"""run(cfg) -> metrics: one command from config to results on disk.
+
+Read as a checklist: validate the config; expand it into jobs (its baseline rows, then itself:
+experiment.tasks); for each job, skip it if its run directory holds a finished result, else execute it:
+read the data (bad input fails in seconds, with the file and line), build the tokenizer, check the memory,
+build the model to evaluate (teacher, untrained student, or a student trained by SFT or distillation),
+evaluate it, write the results atomically. Then print the command's table.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .. import runinfo
+from ..build.context import Context
+from ..build.data import build_benchmarks, run_data
+from ..build.devices import pick_device
+from ..build.preflight import check_run
+from ..build.student import export_student, get_student
+from ..build.teacher import ensure_teacher, get_teacher
+from ..build.tokenizer import get_tokenizer
+from ..build.trainer import build_trainer
+from ..evaluation.evaluate import evaluate_model
+from ..io import atomic_write_json, atomic_write_text, read_json
+from ..models import save_model
+from ..tracking import NullLogger, make_logger
+from ..training import distributed
+from ..training.schedule import seed_everything
+from .plots import plot_run
+from .table_render import results_table
+from .tasks import BASELINE_LABELS, Job, adakd_label, is_finished, plan_jobs, run_dir_for, task_of
+from .validate import validate_config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Context", "is_finished", "run", "run_dir_for", "task_of"]
+
+
+def run(cfg: DictConfig, ctx: Optional[Context] = None) -> Dict[str, Any]:
+    """Run a command (its baseline rows, then itself); returns the main run's metrics."""
+    validate_config(cfg)
+    if distributed.env_world().enabled and not distributed.is_initialized():
+        # Launched by torchrun: join the process group for this command (and its baselines), leave it after.
+        distributed.init_from_env(str(cfg.train.device))
+        try:
+            return run(cfg, ctx)
+        finally:
+            distributed.teardown()
+    ctx = ctx or Context()
+    *baselines, main = plan_jobs(cfg)
+    rows = {}
+    for job in baselines:
+        log.info("baseline row %r", job.baseline)
+        validate_config(job.cfg)
+        m = run_job(job, ctx)
+        rows[job.baseline] = {"label": BASELINE_LABELS[job.baseline], "rougeL": m["rougeL"], "avg": m["avg"],
+                              "dir": m["run"]["dir"]}
+    metrics = run_job(main, ctx)
+    if rows:
+        metrics["baselines"] = rows
+        if distributed.info().is_main:
+            atomic_write_json(main.run_dir / "metrics.json", metrics)
+    if not distributed.info().is_main:   # rank 0 reports
+        return metrics
+    if cfg.run.print_table:
+        print(results_table(metrics, label=main.task.label(cfg)), flush=True)
+    print(f"metrics: {main.run_dir / 'metrics.json'}", flush=True)
+    return metrics
+
+
+def run_job(job: Job, ctx: Context) -> Dict[str, Any]:
+    """A finished run is read back; an unfinished one is executed (resuming its last checkpoint)."""
+    # Under torchrun rank 0 decides (a rank must not skip a run whose collectives the others enter).
+    if distributed.broadcast_object(is_finished(job.run_dir)):
+        log.info("finished run found, skipping: %s", job.run_dir)
+        return read_json(job.run_dir / "metrics.json")
+    return execute(job, ctx)
+
+
+def execute(job: Job, ctx: Context) -> Dict[str, Any]:
+    cfg, task, run_dir = job.cfg, job.task, job.run_dir
+    dist = distributed.info()
+    t_start = time.time()
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        runinfo.write_run_info(run_dir, cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    device = dist.device if dist.enabled else pick_device(cfg.train.device)
+    seed_everything(int(cfg.train.seed))
+
+    # Data first: malformed files fail here, before any model is built.
+    data = run_data(cfg, ctx)
+    benchmarks, data_files = build_benchmarks(cfg, data)
+    tokenizer = get_tokenizer(cfg, data, ctx, roles=task.roles)
+    if cfg.train.preflight:   # memory needed vs the device's, from the model configs alone: before any weights
+        check_run(cfg, tokenizer, device, world_size=dist.world_size, trains=task.trains, distils=task.distils,
+                  evaluates_teacher=task.evaluates == "teacher")
+    if dist.enabled:
+        # A teacher still to be fine-tuned is trained by all ranks together (and cached), before any task
+        # that runs on rank 0 alone needs it.
+        if task.uses_teacher(cfg):
+            ensure_teacher(cfg, tokenizer, data, ctx, device)
+        if not dist.is_main and not task.trains:
+            distributed.barrier()   # evaluation-only tasks run on rank 0; wait for its results
+            return read_json(run_dir / "metrics.json")
+
+    logger = make_logger(cfg.logger, run_dir, run_id=run_dir.name, name=run_dir.name,
+                         config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else NullLogger()
+    exit_code = 1
+    try:
+        train_summary: Dict[str, Any] = {}
+        if task.evaluates == "teacher":
+            model, model_info = get_teacher(cfg, tokenizer, data, ctx, device)
+        else:
+            model, model_info = get_student(cfg, tokenizer, ctx, device, for_training=task.trains)
+            if task.trains:
+                train_summary, model = train(job, model, tokenizer, data, ctx, device, logger)
+        if not dist.is_main:   # only rank 0 evaluates and writes results
+            exit_code = 0
+            distributed.barrier()
+            return read_json(run_dir / "metrics.json")
+        t_eval = time.time()
+        results = evaluate_model(model, tokenizer, benchmarks, cfg.eval, run_dir, device=str(device),
+                                 model_info=model_info, data_files=data_files, progress=cfg.run.progress)
+        eval_seconds = time.time() - t_eval
+        metrics = {
+            "status": "ok",
+            "rougeL": results["rougeL"],
+            "avg": results["avg"],
+            "protocol": results.get("protocol", {}),
+            "run": {"name": task.run_name(cfg), "dir": str(run_dir), "task": task.name, "stage": cfg.run.stage,
+                    "method": cfg.method.name, "adakd": adakd_label(cfg), "eval_seconds": round(eval_seconds, 2),
+                    "total_seconds": round(time.time() - t_start, 2), **train_summary},
+        }
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        log_results(logger, metrics, run_dir)
+        exit_code = 0
+        distributed.barrier()
+        return metrics
+    finally:
+        logger.finish(exit_code=exit_code)
+
+
+def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
+    """Train the job's student (SFT or distillation), save it; returns (summary, the trained model)."""
+    cfg, run_dir = job.cfg, job.run_dir
+    trainer, _ = build_trainer(cfg, run_dir, student, tokenizer, data, ctx, device, logger,
+                               with_teacher=job.task.distils)
+    result = trainer.train()
+    # FSDP shards gathered (rank 0 gets the model, the others None), LoRA adapters merged.
+    student = export_student(cfg, trainer, student, tokenizer, ctx, device)
+    if student is not None:
+        save_model(student, tokenizer, run_dir / "model",
+                   extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name})
+    return {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 2),
+            "resumed_from": result.resumed_from, "skipped_steps": result.skipped_steps,
+            "world_size": trainer.world_size}, student
+
+
+def log_results(logger, metrics: Dict[str, Any], run_dir: Path) -> None:
+    """Mirror the results to the logger (W&B): scalars, the ROUGE-L table, sample generations, the plots."""
+    rows = [[b, v["mean"], v["std"], v["n"]] for b, v in metrics["rougeL"].items()]
+    logger.log_table("results/rougeL", ["benchmark", "mean", "std", "n"], rows)
+    logger.summary({"rougeL/avg": metrics["avg"], **{f"rougeL/{b}": v["mean"] for b, v in metrics["rougeL"].items()}})
+    samples = []
+    pred_dir = run_dir / "predictions"
+    if pred_dir.exists():
+        for f in sorted(pred_dir.glob("*.jsonl")):
+            with open(f) as fh:
+                for i, line in enumerate(fh):
+                    if i >= 20:
+                        break
+                    r = json.loads(line)
+                    samples.append([f.stem, r.get("seed"), r.get("prompt", "")[-300:], r.get("prediction", ""),
+                                    (r.get("references") or [""])[0], r.get("rougeL")])
+    if samples:
+        logger.log_table("results/samples", ["benchmark", "seed", "prompt", "prediction", "reference", "rougeL"],
+                         samples)
+    try:
+        for name, path in plot_run(run_dir).items():
+            logger.log_image(f"plots/{name}", path)
+    except Exception as e:   # noqa: BLE001 - a plot must never cost a run its results
+        log.warning("plotting failed: %s", e)

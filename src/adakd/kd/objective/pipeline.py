@@ -1,0 +1,193 @@
+"""The AdaKD pipeline shared by every implementation and input form:
+
+    valid tokens -> difficulty scores (tau = 1, no gradient) -> LATF selection of the top k
+    -> IDTS (or another policy's) temperatures -> per-token divergence x tau^2 -> mean -> stats
+
+The valid tokens of the whole micro-batch are ranked together (flattened across sequences) and the top
+k = max(1, floor(r * n_valid)) are kept (stable sort: ties keep position order); kept tokens are
+processed in position order (docs/method.md sections 2-5).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...data.prompts import IGNORE_INDEX
+from ..adaptive.difficulty import DifficultyMetric
+from ..adaptive.temperature import TemperaturePolicy
+from ..losses import Divergence
+from .chunked import ChunkedLogitsLoss, FusedHiddenLoss, Plan
+from .rows import Chunk, split_chunks
+from .token_values import scaled, token_values
+
+STAT_KEYS = (
+    "kd_loss",
+    "ratio",
+    "kept_frac",
+    "n_valid",
+    "n_kept",
+    "tau_mean",
+    "tau_min",
+    "tau_max",
+    "diff_kept_mean",
+    "diff_dropped_mean",
+)
+
+
+def num_kept(ratio: float, n_valid: int) -> int:
+    return max(1, math.floor(ratio * n_valid))
+
+
+def select_tokens(scores: Tensor, k: int) -> Tensor:
+    """Positions of the k highest scores (stable: ties keep position order), in ascending order."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return order[:k].sort().values
+
+
+def score_chunked(
+    metric: DifficultyMetric, src, idx_valid: Tensor, labels_valid: Tensor, chunk_size: int
+) -> Tensor:
+    if not metric.uses_logits:
+        return metric.constant(idx_valid.numel(), src.device, src.dtype)
+    scores = torch.empty(idx_valid.numel(), dtype=src.dtype, device=src.device)
+    for ch in split_chunks(idx_valid, chunk_size):
+        stop = ch.start + ch.index.numel()
+        scores[ch.start : stop] = metric.rows(src.student(ch), src.teacher(ch), labels_valid[ch.start : stop])
+    return scores
+
+
+@torch.no_grad()
+def entropies(
+    src, idx_kept: Tensor, tau: Optional[Tensor], standardize: bool, chunk_size: int
+) -> Tuple[Tensor, Tensor]:
+    """Student entropy of the kept tokens before (tau = 1, raw) and after the temperature transform."""
+    before = torch.empty(idx_kept.numel(), dtype=src.dtype, device=src.device)
+    after = torch.empty_like(before)
+
+    def ent(x: Tensor) -> Tensor:
+        lq = F.log_softmax(x, dim=-1)
+        return -(lq.exp() * torch.nan_to_num(lq, neginf=0.0)).sum(-1)
+
+    for ch in split_chunks(idx_kept, chunk_size):
+        stop = ch.start + ch.index.numel()
+        rows = src.student(ch)
+        before[ch.start : stop] = ent(rows.to(src.dtype))
+        tau_c = None if tau is None else tau[ch.start : stop].detach()
+        after[ch.start : stop] = ent(scaled(rows, tau_c, src.dtype, standardize))
+    return before, after
+
+
+def zero_loss(*tensors: Optional[Tensor]) -> Tensor:
+    """0.0 that is still connected to the inputs (their gradient is zeros, never None or NaN)."""
+    total = None
+    for x in tensors:
+        if x is not None and x.requires_grad:
+            part = x.narrow(-1, 0, 0).float().sum()  # an empty view: no copy even of sliced inputs
+            total = part if total is None else total + part
+    return total if total is not None else torch.zeros((), device=tensors[0].device)
+
+
+def as_float(x: Tensor) -> float:
+    v = float(x)
+    return 0.0 if math.isnan(v) else v
+
+
+def run_pipeline(
+    src,
+    student_inputs: Tuple[Optional[Tensor], ...],
+    labels: Tensor,
+    *,
+    div: Optional[Divergence],
+    metric: DifficultyMetric,
+    ratio: float,
+    policy: TemperaturePolicy,
+    impl: str,
+    chunk_size: int,
+    telemetry: bool,
+    fused: bool,
+) -> Tuple[Tensor, Dict[str, Any]]:
+    labels_flat = labels.reshape(-1)
+    idx_valid = (labels_flat != IGNORE_INDEX).nonzero().squeeze(1)
+    n = idx_valid.numel()
+    stats: Dict[str, Any] = {key: 0.0 for key in STAT_KEYS}
+    stats["ratio"] = float(ratio)
+    if n == 0 or div is None:
+        loss = zero_loss(*student_inputs)
+        stats["n_valid"] = float(n)
+        if telemetry:
+            stats["_tensors"] = {}
+        return loss, stats
+
+    k = n if (metric.keeps_all or ratio >= 1.0) else num_kept(ratio, n)
+    need_scores = k < n or policy.uses_difficulty or telemetry
+    labels_valid = labels_flat[idx_valid]
+    scores = None
+    if need_scores:
+        if impl == "reference":
+            all_rows = Chunk(idx_valid, 0, None)
+            scores = (
+                metric.rows(src.student(all_rows), src.teacher(all_rows), labels_valid)
+                if metric.uses_logits
+                else metric.constant(n, src.device, src.dtype)
+            )
+        else:
+            scores = score_chunked(metric, src, idx_valid, labels_valid, chunk_size)
+
+    kept_local = select_tokens(scores, k) if k < n else torch.arange(n, device=idx_valid.device)
+    idx_kept = idx_valid[kept_local]
+    scores_kept = None if scores is None else scores[kept_local]
+    tau = policy.temperatures(scores_kept, k, src.device, src.dtype)
+
+    if impl == "reference":
+        per = reference_values(src, idx_kept, tau, div, policy.standardize)
+        loss = per.mean()
+    else:
+        plan = Plan(div, src, split_chunks(idx_kept, chunk_size), k, policy.standardize)
+        if fused:
+            _, ws, bs = student_inputs
+            loss, per = FusedHiddenLoss.apply(src.hs, ws, bs, tau, plan)
+        else:
+            loss, per = ChunkedLogitsLoss.apply(src.student_in, tau, plan)
+
+    # kd_loss stays raw: a NaN loss must be visible; the 0.0 rule is for statistics that are undefined
+    stats.update(kd_loss=float(loss.detach()), n_valid=float(n), n_kept=float(k), kept_frac=k / n)
+    if tau is None:
+        stats.update(tau_mean=1.0, tau_min=1.0, tau_max=1.0)
+    else:
+        tau_d = tau.detach()
+        stats.update(
+            tau_mean=as_float(tau_d.mean()), tau_min=as_float(tau_d.min()), tau_max=as_float(tau_d.max())
+        )
+    if scores is not None:
+        kept_mask = torch.zeros(n, dtype=torch.bool, device=scores.device)
+        kept_mask[kept_local] = True
+        stats["diff_kept_mean"] = as_float(scores[kept_mask].mean())
+        if k < n:
+            stats["diff_dropped_mean"] = as_float(scores[~kept_mask].mean())
+    if telemetry:
+        before, after = entropies(src, idx_kept, tau, policy.standardize, chunk_size)
+        tau_t = torch.ones(k, dtype=src.dtype, device=src.device) if tau is None else tau.detach().clone()
+        stats["_tensors"] = {
+            "tau": tau_t.cpu(),
+            "difficulty": scores.detach().cpu(),
+            "kept": kept_mask.cpu(),
+            "kept_index": idx_kept.cpu(),
+            "token_loss": per.detach().cpu(),
+            "entropy_before": before.cpu(),
+            "entropy_after": after.cpu(),
+        }
+    return loss, stats
+
+
+def reference_values(
+    src, idx_kept: Tensor, tau: Optional[Tensor], div: Divergence, standardize: bool
+) -> Tensor:
+    """The straightforward version: gather all kept rows (with autograd), one divergence call."""
+    s_rows = src.s_full[idx_kept][:, : src.v]
+    t_rows = src.t[idx_kept][:, : src.v]
+    return token_values(div, s_rows, t_rows, tau, standardize)
+

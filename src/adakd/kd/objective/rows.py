@@ -1,0 +1,165 @@
+"""Where rows of logits come from, by flat token index, one chunk at a time.
+
+- `LogitRows`: student / teacher logits tensors [..., V] (views where the rows are contiguous);
+- `ReferenceRows`: the same for the reference path (plain reshapes, the student kept differentiable);
+- `SparseTeacherRows`: student logits and a top-k teacher (`kd.losses.sparse.TeacherTopK`);
+- `HiddenRows`: final hidden states x LM-head weights; logits exist only for the chunk asked for.
+
+Every source offers `student(chunk)`, `teacher(chunk)` (detached rows), `owned(chunk)` (whether those
+rows are private copies the caller may overwrite), `dtype` (the compute dtype) and `device`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..losses import compute_dtype
+from ..losses.sparse import dense_teacher
+
+
+@dataclass
+class Chunk:
+    index: Tensor  # flat token indices [c] (ascending)
+    start: int  # position of the chunk in the index list
+    span: Optional[Tuple[int, int]]  # (lo, hi) when the indices are one contiguous run
+
+
+def split_chunks(index: Tensor, chunk_size: int) -> List[Chunk]:
+    index_cpu = index.cpu()
+    out = []
+    for start in range(0, index.numel(), chunk_size):
+        stop = min(start + chunk_size, index.numel())
+        lo, hi = int(index_cpu[start]), int(index_cpu[stop - 1]) + 1
+        span = (lo, hi) if hi - lo == stop - start else None
+        out.append(Chunk(index[start:stop], start, span))
+    return out
+
+
+def take(x: Tensor, ch: Chunk) -> Tensor:
+    # A contiguous run is a view (no copy); scattered rows are gathered.
+    return x[ch.span[0] : ch.span[1]] if ch.span is not None else x.index_select(0, ch.index)
+
+
+def flat_view(x: Tensor) -> Optional[Tensor]:
+    """[..., V] as a [N, V] view, or None where that needs a copy (e.g. logits[:, :-1])."""
+    try:
+        return x.view(-1, x.shape[-1])
+    except RuntimeError:
+        return None
+
+
+class LogitRows:
+    """Rows of student / teacher logits by flat token index, never copying a whole [N, V] tensor."""
+
+    def __init__(self, student: Tensor, teacher: Tensor, vocab: int):
+        self.student_in, self.teacher_in = student, teacher.detach()
+        self.s, self.t = flat_view(student), flat_view(self.teacher_in)
+        self.v = vocab
+        self.dtype = compute_dtype(student, teacher)
+        self.device = student.device
+
+    @staticmethod
+    def _rows(x_in: Tensor, x_flat: Optional[Tensor], ch: Chunk) -> Tensor:
+        if x_flat is not None:
+            return take(x_flat, ch)
+        return x_in[torch.unravel_index(ch.index, x_in.shape[:-1])]  # gathers only these rows
+
+    def student(self, ch: Chunk) -> Tensor:
+        return self._rows(self.student_in.detach(), None if self.s is None else self.s.detach(), ch)[
+            :, : self.v
+        ]
+
+    def teacher(self, ch: Chunk) -> Tensor:
+        return self._rows(self.teacher_in, self.t, ch)[:, : self.v]
+
+    def owned(self, ch: Chunk) -> Tuple[bool, bool]:
+        """Whether the student / teacher rows of `ch` are private copies (safe to overwrite)."""
+        gathered = ch.span is None
+        return gathered or self.s is None, gathered or self.t is None
+
+    def grad_buffer(self, n_rows_written: int) -> Tensor:
+        x = self.student_in
+        full = n_rows_written == x.numel() // x.shape[-1] and self.v == x.shape[-1]
+        # Every element gets written when all rows are kept and the vocabularies match: no zero fill.
+        return (torch.empty if full else torch.zeros)(x.shape, dtype=x.dtype, device=x.device)
+
+    @staticmethod
+    def write_grad(buffer: Tensor, ch: Chunk, g: Tensor, vocab: int) -> None:
+        target = buffer.view(-1, buffer.shape[-1])[:, :vocab]
+        if ch.span is not None:
+            target[ch.span[0] : ch.span[1]] = g
+        else:
+            target.index_copy_(0, ch.index, g.to(buffer.dtype))
+
+
+class SparseTeacherRows(LogitRows):
+    """Student logit rows and a top-k teacher (`losses.sparse.TeacherTopK`) by flat token index."""
+
+    def __init__(self, student: Tensor, teacher: Any, dense: bool = False):
+        self.student_in, self.s = student, flat_view(student)
+        self.top = teacher.flat()
+        self.v = student.shape[-1]
+        self.dtype = compute_dtype(student, teacher.logprobs)
+        self.device = student.device
+        self.dense = dense  # rows as [n, V] log-probabilities: top-k exact, the tail spread evenly
+
+    def teacher(self, ch: Chunk) -> Any:
+        rows = self.top.slice(*ch.span) if ch.span is not None else self.top.index_select(ch.index)
+        if self.dense:
+            return dense_teacher(rows, self.v, self.dtype)
+        return rows
+
+    def owned(self, ch: Chunk) -> Tuple[bool, bool]:
+        return ch.span is None or self.s is None, True
+
+
+class HiddenRows:
+    def __init__(
+        self,
+        hs: Tensor,
+        ws: Tensor,
+        bs: Optional[Tensor],
+        ht: Tensor,
+        wt: Tensor,
+        bt: Optional[Tensor],
+        vocab: int,
+    ):
+        self.hs = hs.reshape(-1, hs.shape[-1])
+        self.ws, self.bs = ws[:vocab], (None if bs is None else bs[:vocab])
+        self.ht = ht.detach().reshape(-1, ht.shape[-1])
+        self.wt, self.bt = wt.detach()[:vocab], (None if bt is None else bt.detach()[:vocab])
+        self.v = vocab
+        self.dtype = compute_dtype(self.hs, self.ws, self.ht, self.wt)
+        self.device = self.hs.device
+
+    def owned(self, ch: Chunk) -> Tuple[bool, bool]:
+        return True, True  # logits are computed per chunk
+
+    def student_hidden(self, ch: Chunk) -> Tensor:
+        return take(self.hs.detach(), ch)
+
+    def student(self, ch: Chunk) -> Tensor:
+        with torch.no_grad():
+            return F.linear(
+                self.student_hidden(ch), self.ws.detach(), None if self.bs is None else self.bs.detach()
+            )
+
+    def teacher(self, ch: Chunk) -> Tensor:
+        with torch.no_grad():
+            return F.linear(take(self.ht, ch), self.wt, self.bt)
+
+
+
+
+class ReferenceRows(LogitRows):
+    """Logit rows for the reference path: plain [N, V] reshapes, the student's kept differentiable."""
+
+    def __init__(self, student: Tensor, teacher: Tensor, vocab: int):
+        super().__init__(student, teacher, vocab)
+        self.s_full = student.reshape(-1, student.shape[-1])
+        self.s, self.t = self.s_full.detach(), self.teacher_in.reshape(-1, teacher.shape[-1])
+

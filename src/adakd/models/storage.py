@@ -1,0 +1,71 @@
+"""Model directories on disk: safetensors weights + config + tokenizer + adakd_model.json (with the sha256 of
+the weights), written atomically and verified at every load."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+from .loading import ModelLoadError
+
+
+def save_dir_atomically(out_dir: Path, write) -> None:
+    """write(tmp_dir) into a temp dir beside out_dir, then rename it into place."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        write(str(tmp))
+        os.chmod(tmp, 0o777 & ~_umask())
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_model(model: nn.Module, tokenizer, out_dir: Path, extra: Optional[dict] = None) -> None:
+    """safetensors weights + config + tokenizer + adakd_model.json (sha256), written atomically."""
+    def write(tmp: str) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        weights = Path(tmp) / "model.safetensors"
+        info = dict(extra or {})
+        if weights.exists():
+            info["sha256"] = file_sha256(weights)
+        (Path(tmp) / "adakd_model.json").write_text(json.dumps(info, indent=2, default=str))
+
+    save_dir_atomically(Path(out_dir), write)
+
+
+def verify_checksum(model_dir: Path) -> None:
+    """Refuse a model directory whose weights do not match the checksum recorded when it was written."""
+    info_path = Path(model_dir) / "adakd_model.json"
+    weights = Path(model_dir) / "model.safetensors"
+    if not info_path.exists() or not weights.exists():
+        return
+    expected = json.loads(info_path.read_text()).get("sha256")
+    if expected and file_sha256(weights) != expected:
+        raise ModelLoadError(f"checksum mismatch for {weights}: the file is corrupt or was changed; "
+                             "delete the directory to rebuild it")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,118 @@
+"""Data recipes: where the training sequences of a KD run come from (method.recipe).
+
+    offline   the dataset's responses (no batch source; the default)
+    sft       the dataset's responses, no teacher
+    gkd       on-policy: with probability lambda a micro-batch is replaced by the current student's samples
+    distillm  adaptive off-policy: student samples with a probability driven by the validation loss, and a
+              replay buffer
+    seqkd     the teacher's responses, generated once and cached
+
+A recipe's batch source (built by build.recipes from the config) is what the Trainer calls for each
+micro-batch (`source(batch, trainer) -> batch`; `on_step_end`; state in the checkpoints). The token loss is untouched: the method's divergence, wrapped by AdaKD when adakd is on.
+
+recipe_params (method.recipe_params) and their defaults are in RECIPE_DEFAULTS; unknown keys are refused
+by `check_recipe_params` (experiment.validate).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .base import BatchSource
+from .common import Sampling
+from .distillm import (
+    REPLAY_RATIOS,
+    VAL_LOSSES,
+    VAL_REFERENCES,
+    AdaptiveProbability,
+    DistiLLMSource,
+    ReplayBuffer,
+)
+from .gkd import GKDSource
+from .seqkd import SeqKDSource
+
+_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": None, "gen_batch_size": None}
+
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "offline": {},
+    "sft": {},
+    "gkd": {"lambda": 0.5, **_SAMPLING},
+    "distillm": {"replay_capacity": 1000, "prob_init": 0.0, "prob_step": 0.1, "prob_max": 1.0,
+                 "val_loss_rise": 0.1, "val_every": None, "val_samples": 1000, "val_loss": "kd",
+                 "val_reference": "last_rise", "replay_ratio": "decreasing", **_SAMPLING},
+    "seqkd": {"seed": 0, **_SAMPLING, "gen_batch_size": 32},
+}
+RECIPES = tuple(RECIPE_DEFAULTS)
+ON_POLICY = ("gkd", "distillm")   # sequences drawn from the current student during training
+
+
+def recipe_params(recipe: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    """The recipe's parameters: its defaults updated by method.recipe_params (unknown keys refused)."""
+    if recipe not in RECIPE_DEFAULTS:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPE_DEFAULTS)}")
+    defaults = RECIPE_DEFAULTS[recipe]
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "none"
+        raise ValueError(f"method.recipe_params: unknown key(s) {unknown} for recipe {recipe}; valid: {valid}")
+    return {**defaults, **params}
+
+
+def check_recipe_params(recipe: str, params: dict[str, Any] | None) -> list[str]:
+    """Config errors of method.recipe_params (empty when fine); used by adakd.experiment.validate."""
+    try:
+        p = recipe_params(recipe, params)
+    except ValueError as e:
+        return [str(e)]
+    errors: list[str] = []
+
+    def rng(key, lo=None, hi=None, integer=False, optional=False):
+        v = p.get(key)
+        if v is None and optional:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and int(v) != v) \
+                or (isinstance(v, float) and not math.isfinite(v)):
+            errors.append(f"method.recipe_params.{key}={v!r} must be a{'n integer' if integer else ' number'}")
+            return
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            errors.append(f"method.recipe_params.{key}={v} is out of range [{lo}, {hi if hi is not None else 'inf'}]")
+
+    if recipe in ("gkd", "distillm", "seqkd"):
+        rng("temperature", 0.0)
+        rng("top_k", 0, integer=True)
+        rng("top_p", 0.0, 1.0)
+        rng("max_new_tokens", 1, integer=True, optional=True)
+        rng("gen_batch_size", 1, integer=True, optional=True)
+        if p.get("top_p") == 0:
+            errors.append("method.recipe_params.top_p=0 keeps no token; use (0, 1]")
+    if recipe == "gkd":
+        rng("lambda", 0.0, 1.0)
+    if recipe == "distillm":
+        rng("replay_capacity", 1, integer=True)
+        rng("prob_init", 0.0, 1.0)
+        rng("prob_step", 0.0, 1.0)
+        rng("prob_max", 0.0, 1.0)
+        rng("val_loss_rise", 0.0)
+        rng("val_every", 1, integer=True, optional=True)
+        rng("val_samples", 1, integer=True, optional=True)
+        for key, valid in (("val_loss", VAL_LOSSES), ("val_reference", VAL_REFERENCES),
+                           ("replay_ratio", REPLAY_RATIOS)):
+            if p.get(key) not in valid:
+                errors.append(f"method.recipe_params.{key}={p.get(key)!r} is not valid; choose one of {list(valid)}")
+    if recipe == "seqkd":
+        rng("seed", 0, integer=True)
+    return errors
+
+
+def sampling_of(p: dict[str, Any], default_batch: int) -> Sampling:
+    """The sampling settings among a recipe's parameters."""
+    return Sampling(temperature=float(p["temperature"]), top_k=int(p["top_k"]), top_p=float(p["top_p"]),
+                    max_new_tokens=None if p["max_new_tokens"] is None else int(p["max_new_tokens"]),
+                    batch_size=int(p["gen_batch_size"] or default_batch))
+
+
+__all__ = [
+    "ON_POLICY", "RECIPE_DEFAULTS", "AdaptiveProbability", "BatchSource", "DistiLLMSource", "GKDSource",
+    "RECIPES", "ReplayBuffer", "Sampling", "SeqKDSource", "check_recipe_params", "recipe_params", "sampling_of",
+]

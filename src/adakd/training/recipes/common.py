@@ -1,0 +1,105 @@
+"""What the data recipes share: prompts of a batch, sampling responses with the project's sampler, and
+turning (prompt, response) token ids back into a training micro-batch.
+
+A training micro-batch (adakd.data.collate_train) is right-padded, with token-aligned labels: -100 on the
+prompt and the padding, the target token on response tokens and the final EOS. The prompt of a row is
+everything before its first label; sampled responses are laid out the same way, so the trainer, the
+objective and AdaKD see generated batches exactly as they see dataset batches.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...data.prompts import IGNORE_INDEX, collate_train
+from ...evaluation.generation import example_seed, generate_from_ids, max_positions
+
+
+@dataclass
+class Sampling:
+    """Sampling settings of a recipe (method.md section 6 defaults: pure sampling, T = 1)."""
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    max_new_tokens: int | None = None   # None: up to dataset.max_len - the prompt's length
+    batch_size: int = 16
+
+    def record(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens}
+
+
+def split_batch(batch: dict[str, torch.Tensor]) -> list[tuple[list[int], list[int], list[int]]]:
+    """Per row: (prompt ids, full input ids, labels) without padding."""
+    out = []
+    for row in range(batch["input_ids"].shape[0]):
+        n = int(batch["attention_mask"][row].sum())
+        ids = batch["input_ids"][row, :n].tolist()
+        labels = batch["labels"][row, :n].tolist()
+        first = next((i for i, x in enumerate(labels) if x != IGNORE_INDEX), n)
+        out.append((ids[:first], ids, labels))
+    return out
+
+
+def prompts_of(batch: dict[str, torch.Tensor]) -> list[list[int]]:
+    return [p for p, _, _ in split_batch(batch)]
+
+
+def prompt_of_example(example: dict[str, list[int]]) -> list[int]:
+    labels = example["labels"]
+    first = next((i for i, x in enumerate(labels) if x != IGNORE_INDEX), len(labels))
+    return list(example["input_ids"][:first])
+
+
+def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], keys: Sequence[str], *,
+                     seed: int, sampling: Sampling, max_len: int, progress: bool = False) -> list[list[int]]:
+    """One sampled response per prompt with the per-example streams of adakd.evaluation.generation: tokens, plus EOS
+    when the model stopped by itself; cut to max_len - len(prompt) (a cut response has no EOS, as
+    dataset.overlong=truncate does). Each response has at least one token."""
+    if not prompts:
+        return []
+    caps = [max_len - len(p) for p in prompts]
+    if min(caps) < 1:
+        raise ValueError(f"a prompt of {max(map(len, prompts))} tokens leaves no room under max_len={max_len}")
+    budget = max(caps)
+    if sampling.max_new_tokens is not None:
+        budget = min(budget, int(sampling.max_new_tokens))
+    limit = max_positions(model)
+    if limit is not None:   # the sampler would cut silently otherwise, and "stopped" would be misread
+        budget = min(budget, limit - max(map(len, prompts)))
+    budget = max(budget, 1)
+    raw = generate_from_ids(model, tokenizer, [list(p) for p in prompts], list(keys), seed=seed,
+                            max_new_tokens=budget, temperature=sampling.temperature, top_k=sampling.top_k,
+                            top_p=sampling.top_p, batch_size=sampling.batch_size, progress=progress)
+    eos = tokenizer.eos_token_id
+    out = []
+    for toks, cap in zip(raw, caps):
+        stopped = len(toks) < budget          # the sampler drops the EOS it emitted; full length = no EOS
+        resp = list(toks) + ([eos] if stopped else [])
+        out.append(resp[:cap])
+    return out
+
+
+def to_examples(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> list[dict[str, list[int]]]:
+    return [{"input_ids": list(p) + list(r), "labels": [IGNORE_INDEX] * len(p) + list(r)}
+            for p, r in zip(prompts, responses)]
+
+
+def collate(examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    return collate_train(list(examples), pad_id)
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def uniform(generator: torch.Generator) -> float:
+    """One U[0, 1) draw from a recipe's own generator (never the global RNG)."""
+    return float(torch.rand((), generator=generator, dtype=torch.float64))
+
+
+def seeded_generator(seed: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(example_seed(seed, name))

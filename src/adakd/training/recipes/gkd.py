@@ -1,0 +1,86 @@
+"""GKD (Agarwal et al. 2024, "On-policy distillation of language models"): with probability lambda a
+training micro-batch is replaced by responses the CURRENT student samples for the same prompts.
+
+- The decision is made once per micro-batch with the recipe's own torch.Generator (seeded from
+  train.seed; its state is in the checkpoints), never the global RNG.
+- The samples come from adakd.evaluation.generation (batched, KV-cached, one random stream per example): the stream
+  of row j of the c-th micro-batch this process has seen is (train.seed, "gkd:r<rank>:c<c>:<j>"), so a
+  sample can be regenerated exactly (tests do) and a resumed run draws the same samples.
+- Labels are the sampled tokens (+ EOS when the student stopped by itself), -100 on the prompt; responses
+  are cut at dataset.max_len (a cut response has no EOS).
+- The token loss is the method's (jsd, beta = 0.1 in conf/method/gkd.yaml) wrapped by AdaKD when
+  adakd=full: the data source stays GKD's, the loss becomes AdaKD's (method.md section 5).
+
+The released DistiLLM code (which the AdaKD code builds on) runs GKD as "mixed-jsd": its on-policy samples
+go through a replay buffer first. Here they are used directly, as in the GKD paper.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import BatchSource
+from .common import (
+    Sampling,
+    collate,
+    pad_id_of,
+    prompts_of,
+    sample_responses,
+    seeded_generator,
+    to_examples,
+    uniform,
+)
+
+
+class GKDSource(BatchSource):
+    name = "gkd"
+
+    def __init__(self, *, student, tokenizer, seed: int, lam: float = 0.5, sampling: Sampling | None = None,
+                 max_len: int = 512, run_dir=None, rank: int = 0):
+        super().__init__(run_dir=run_dir, rank=rank)
+        if not 0.0 <= lam <= 1.0:
+            raise ValueError(f"gkd: lambda must be in [0, 1], got {lam}")
+        self.student, self.tokenizer = student, tokenizer
+        self.seed, self.lam = int(seed), float(lam)
+        self.sampling = sampling or Sampling()
+        self.max_len = int(max_len)
+        self.generator = seeded_generator(self.seed, "gkd-decisions")
+        self.pad_id = pad_id_of(tokenizer)
+        self.last_keys: list[str] = []           # the streams of the last on-policy micro-batch (tests)
+        self.last_prompts: list[list[int]] = []
+        self.n_onpolicy = 0
+
+    def keys_for(self, call: int, n: int) -> list[str]:
+        return [f"gkd:r{self.rank}:c{call}:{j}" for j in range(n)]
+
+    def next_batch(self, batch: dict[str, torch.Tensor], trainer) -> dict[str, torch.Tensor]:
+        self.count("micro_batches")
+        if uniform(self.generator) >= self.lam:
+            self.last_keys, self.last_prompts = [], []
+            return batch
+        prompts = prompts_of(batch)
+        keys = self.keys_for(self.calls, len(prompts))
+        responses = sample_responses(self.student, self.tokenizer, prompts, keys, seed=self.seed,
+                                     sampling=self.sampling, max_len=self.max_len)
+        self.last_keys, self.last_prompts = keys, prompts
+        self.n_onpolicy += 1
+        self.count("on_policy")
+        self.count("sampled_tokens", float(sum(len(r) for r in responses)))
+        return collate(to_examples(prompts, responses), self.pad_id)
+
+    def step_stats(self, trainer) -> dict[str, float]:
+        st = dict(self._step_stats)
+        n = st.pop("micro_batches", 0.0)
+        if not n:
+            return {}
+        return {"on_policy_frac": st.get("on_policy", 0.0) / n, "sampled_tokens": st.get("sampled_tokens", 0.0)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "generator": self.generator.get_state(), "n_onpolicy": self.n_onpolicy}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state.get("generator") is not None:
+            self.generator.set_state(state["generator"])
+        self.n_onpolicy = int(state.get("n_onpolicy", 0))
