@@ -16,7 +16,7 @@ SCALE ?= cpu
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run smoke test test-all lint bench teacher models reproduce-table gpu-check clean
+.PHONY: help install run smoke test test-unit test-all lint bench teacher models reproduce-table gpu-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ smoke: install ## the whole pipeline shrunk to well under a minute
 
 test: install ## the default test suite (CPU, no network)
 	WANDB_MODE=disabled ADAKD_DATA_DIR=$(DATA) $(PY) -m pytest -q $(ARGS)
+
+test-unit: install ## the unit tests alone (no processes started, no whole-pipeline runs): well under a minute
+	WANDB_MODE=disabled ADAKD_DATA_DIR=$(DATA) $(PY) -m pytest -q -m "not slow and not gpu and not integration" $(ARGS)
 
 test-all: install ## every test, slow ones included
 	WANDB_MODE=disabled ADAKD_DATA_DIR=$(DATA) $(PY) -m pytest -q -m "not gpu" $(ARGS)

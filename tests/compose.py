@@ -5,7 +5,7 @@ from typing import List
 
 from hydra import compose, initialize_config_module
 
-from adakd.schema.store import register_configs
+from adakd.experiment.config_store import register_configs
 
 register_configs()
 

@@ -1,4 +1,8 @@
-"""Test-wide settings: offline, no W&B, and the shared benchmark data located once."""
+"""Test-wide settings and shared fixtures: offline, no W&B, one torch thread, the benchmark data located once.
+
+Markers (pyproject.toml): `integration` (tests that start processes or run the whole pipeline; part of
+`make test`, left out by `make test-unit`), `slow` and `gpu` (off by default).
+"""
 from __future__ import annotations
 
 import os
@@ -19,6 +23,18 @@ def shared_data_dir() -> Path | None:
         if (cand / "dolly" / "test.jsonl").exists():
             return cand.resolve()
     return None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two OpenMP threads fighting
+    another process for one core run many times slower. Processes the tests start set train.threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import functools
 
-import pytest
-
 EOS = "<|endoftext|>"
 
 _WORDS = ["the", "a", "an", "of", "to", "in", "and", "is", "are", "was", "be", "it", "this", "that", "with",
@@ -49,15 +47,3 @@ def tiny_gpt2(vocab_size: int, seed: int = 0, n_layer: int = 2, n_embd: int = 64
     cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
                      n_head=4, bos_token_id=0, eos_token_id=0, pad_token_id=0)
     return GPT2LMHeadModel(cfg).eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box two OpenMP threads fighting
-    another process for one core run many times slower; import this fixture into a test module."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

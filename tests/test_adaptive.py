@@ -143,7 +143,7 @@ def test_metric_validation():
 
 
 # ------------------------------------------------------------------------------------------------
-# LATF controller (method.md section 3) on scripted loss sequences
+# LATF controller (docs/method.md section 3) on scripted loss sequences
 # ------------------------------------------------------------------------------------------------
 def test_latf_warmup_then_decrease_increase_and_reset():
     # ema_beta = 0: the EMA is the last loss, so each transition is easy to script.

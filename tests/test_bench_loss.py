@@ -13,6 +13,7 @@ from adakd.bench import loss as bench
 TINY = ["--n", "24", "--v", "96", "--h-student", "8", "--h-teacher", "12", "--chunk", "7"]
 
 
+@pytest.mark.integration
 def test_loss_cases_agree():
     values = {}
     for loss in bench.LOSSES:
@@ -31,6 +32,7 @@ def test_train_worker_quick():
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_driver_prints_one_json_object_with_ratios():
     cmd = [
         sys.executable,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration   # the whole pipeline, in this process and through the CLI
+
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "dist_worker.py"
 REL_TOL = 1e-4

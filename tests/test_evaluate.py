@@ -9,10 +9,7 @@ from adakd.data import load_benchmark
 from adakd.evaluation import evaluate_model, rouge_l, rouge_l_scores
 from adakd.schema.evaluation import EvalConfig
 
-try:   # tests/ as a package (relative import) or as plain modules on sys.path
-    from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer
-except ImportError:
-    from helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
+from .helpers_tiny import tiny_gpt2, tiny_tokenizer
 
 DOLLY_TEST_SHA256 = "f2624572fdde0bec8759e63fecefdc5e38679816464cd57ef563612ccc6acc06"
 

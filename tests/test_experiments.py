@@ -139,6 +139,7 @@ def test_slurm_launcher_config_composes_when_the_plugin_is_installed():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
 
 
+@pytest.mark.integration
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     """Two jobs that fail (unknown rows): both are tried, both recorded, the summary lists them, exit 1."""
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "1"}
@@ -155,6 +156,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_make_reproduce_table_smoke_then_rerun_only_renders(tmp_path):
     """The acceptance path: `make reproduce-table TABLE=smoke` in a fresh output root, then again."""
     import time

@@ -20,12 +20,9 @@ from pathlib import Path
 
 import pytest
 
-try:   # tests/ as a package (relative import) or as plain modules on sys.path
-    from .compose import compose_cfg
-except ImportError:
-    from compose import compose_cfg
+from .compose import compose_cfg
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.integration]   # kill -9, SIGTERM: processes
 
 ADAKD_RUN = Path(sys.executable).parent / "adakd-run"
 # The smoke experiment, long enough to be killed in the middle: 40 steps, a checkpoint every 5.

@@ -10,10 +10,7 @@ import torch
 from adakd.data import render_prompt
 from adakd.evaluation.generation import _encode_prompts, _pick, example_seed, generate, generate_ids
 
-try:   # tests/ as a package (relative import) or as plain modules on sys.path
-    from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer
-except ImportError:
-    from helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
+from .helpers_tiny import tiny_gpt2, tiny_tokenizer
 
 KW = {"max_new_tokens": 12, "max_prompt_len": 48, "progress": False}
 

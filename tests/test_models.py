@@ -12,10 +12,7 @@ from omegaconf import OmegaConf
 from adakd.models import ModelLoadError, check_same_tokenizer, lm_parts, save_model
 from adakd.models.pruning import PruningError, find_layers, layers_to_keep, prune_layers
 
-try:   # tests/ as a package (relative import) or as plain modules on sys.path
-    from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
-except ImportError:
-    from helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401
+from .helpers_tiny import tiny_gpt2, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The KD objective: AdaKD against an independent float64 oracle of method.md, implementation equality
+"""The KD objective: AdaKD against an independent float64 oracle of docs/method.md, implementation equality
 (reference == chunked == fused, values and gradients), masking, empty batches, vocab alignment, stats,
 the stateful objective (LATF / CTKD state, configs)."""
 
@@ -16,10 +16,9 @@ from adakd.kd.losses import per_token
 from adakd.kd.objective import STAT_KEYS, HiddenStates, KDObjective, adakd_loss, align_vocab, build_objective
 from adakd.schema import AdakdConfig, MethodConfig
 
-try:  # tests/ is a package
-    from .test_losses import np_softmax, oracle_divergence
-except ImportError:  # pragma: no cover - run as loose files
-    from test_losses import np_softmax, oracle_divergence
+from .compose import compose_cfg
+
+from .oracles import np_softmax, oracle_divergence
 
 NAMES = ["fkl", "rkl", "jsd", "tvd", "sfkl", "srkl", "abkd", "akl"]
 INF = float("inf")
@@ -27,7 +26,7 @@ CONF = Path(__file__).resolve().parents[1] / "conf"  # installed as the package 
 
 
 # ------------------------------------------------------------------------------------------------
-# oracle: method.md sections 2-5 written plainly in numpy float64
+# oracle: docs/method.md sections 2-5 written plainly in numpy float64
 # ------------------------------------------------------------------------------------------------
 def oracle_adakd(s, t, labels, name, ratio=1.0, idts=False, c=0.5, tau_base=1.0, direction="inverse", **kw):
     """Returns (loss, flat indices of the kept tokens, their temperatures)."""
@@ -478,7 +477,7 @@ def test_build_objective_from_dataclasses_and_dictconfig():
 @pytest.mark.parametrize("path", [CONF / "method" / f"{n}.yaml" for n in NAMES], ids=NAMES)
 def test_method_presets(path):
     assert path.read_text().startswith("# how to use:")
-    cfg = OmegaConf.merge(OmegaConf.structured(MethodConfig), OmegaConf.load(path))  # unknown keys fail here
+    cfg = compose_cfg([f"method={path.stem}"]).method   # unknown keys fail here (structured schema)
     assert cfg.name == path.stem == cfg.divergence
     obj = build_objective(cfg, AdakdConfig(), total_steps=10)
     s, t, labels = make_batch(seed=54)
@@ -489,10 +488,8 @@ def test_method_presets(path):
 def test_method_preset_defaults():
     names = {p.stem for p in (CONF / "method").glob("*.yaml")}
     assert {"fkl", "rkl", "jsd", "tvd", "sfkl", "srkl", "abkd", "akl"} <= names
-    params = {
-        n: dict(OmegaConf.load(CONF / "method" / f"{n}.yaml").params)
-        for n in ("jsd", "sfkl", "srkl", "abkd", "akl")
-    }
+    # each divergence's defaults (defined once, in its class) reach the composed config's method.params
+    params = {n: dict(compose_cfg([f"method={n}"]).method.params) for n in ("jsd", "sfkl", "srkl", "abkd", "akl")}
     assert params == {
         "jsd": {"beta": 0.1},
         "sfkl": {"alpha": 0.1},

@@ -13,6 +13,8 @@ from adakd.experiment import runner
 
 from .compose import compose_cfg
 
+pytestmark = pytest.mark.integration   # the whole pipeline, in this process and through the CLI
+
 REPO = Path(__file__).resolve().parents[1]
 ADAKD_RUN = Path(sys.executable).parent / "adakd-run"
 
@@ -48,6 +50,27 @@ def test_smoke_writes_every_artefact(smoke_run):
     assert preds, "predictions/<benchmark>.jsonl missing"
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["versions"]["torch"]
+
+
+# The first optimizer steps of `adakd-run experiment=smoke` (rkl + AdaKD on the tiny pair), recorded before the
+# package redesign: any change to the data, the models, the objective or the loop that moves the numbers fails
+# here. Tolerance: thread count and CPU type move the last float32 digits (about 1e-8 relative), nothing more.
+GOLDEN_SMOKE = [  # step: (loss, grad_norm, n_kept, tau_mean, diff_kept_mean)
+    (1, 0.3673850744962692, 0.17239664494991302, 82.0, 1.0108824372291565, 0.31085793673992157),
+    (2, 0.36320050060749054, 0.17776691913604736, 80.5, 1.0097044110298157, 0.3091724216938019),
+    (3, 0.3686268776655197, 0.19173564016819, 82.0, 1.0087655782699585, 0.31134964525699615),
+    (4, 0.3626869320869446, 0.20583476126194, 77.0, 1.0106679797172546, 0.30880819261074066),
+]
+
+
+def test_smoke_first_steps_match_the_golden_values(smoke_run):
+    out, cfg, _ = smoke_run
+    rows = [json.loads(x) for x in (runner.run_dir_for(cfg) / "train_log.jsonl").read_text().splitlines()]
+    for step, loss, grad_norm, n_kept, tau_mean, diff in GOLDEN_SMOKE:
+        r = rows[step - 1]
+        assert r["step"] == step and r["n_kept"] == n_kept
+        got = (r["loss"], r["grad_norm"], r["tau_mean"], r["diff_kept_mean"])
+        assert got == pytest.approx((loss, grad_norm, tau_mean, diff), rel=1e-6), f"step {step}"
 
 
 def test_same_command_again_skips_the_finished_run(smoke_run, capsys):

@@ -27,10 +27,7 @@ from adakd.build.preflight import (
     total,
 )
 
-try:
-    from .helpers_tiny import tiny_tokenizer
-except ImportError:
-    from helpers_tiny import tiny_tokenizer
+from .helpers_tiny import tiny_tokenizer
 
 
 def gpt2(n_layer=12, n_embd=768, n_head=12):
@@ -175,6 +172,7 @@ def test_pruned_student_shape_from_the_teacher():
 
 
 # ------------------------------------------------------------------------------------------------ gpu_check
+@pytest.mark.integration
 def test_gpu_check_cpu_smoke():
     r = subprocess.run([sys.executable, "-m", "adakd.bench.gpu_check", "--cpu-smoke", "--steps", "1"],
                        capture_output=True, text=True, timeout=300)

@@ -9,10 +9,7 @@ import torch
 from adakd.data import collate_train, encode_example, load_benchmark, render_prompt
 from adakd.data.prompts import IGNORE_INDEX, apply_chat_template, tokenize_pair
 
-try:   # tests/ as a package (relative import) or as plain modules on sys.path
-    from .helpers_tiny import single_thread, tiny_tokenizer
-except ImportError:
-    from helpers_tiny import single_thread, tiny_tokenizer  # noqa: F401 (fixture)
+from .helpers_tiny import tiny_tokenizer
 
 
 def test_render_exact_strings():

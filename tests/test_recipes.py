@@ -27,7 +27,7 @@ from adakd.training.recipes.distillm import fresh_fraction
 from adakd.training.recipes.seqkd import stream_keys
 
 from .compose import compose_cfg
-from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
+from .helpers_tiny import tiny_gpt2, tiny_tokenizer
 
 MAX_LEN = 96
 
@@ -332,6 +332,7 @@ def test_recipe_params_are_checked():
     assert check_recipe_params("gkd", {"lambda": 1.5})
 
 
+@pytest.mark.integration
 def test_distillm_smoke_run_end_to_end(tmp_path):
     """The whole pipeline with DistiLLM, SGO on from the start and a small buffer: generated, replayed and
     dataset batches all occur, validation runs every 3 steps, the state is in the checkpoint."""

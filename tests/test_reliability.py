@@ -24,12 +24,8 @@ from adakd.training.diagnostics import NonFiniteLoss
 from adakd.training.loop import Trainer
 from adakd.training.logs import truncate_log as _truncate_log
 
-try:   # tests/ as a package (relative import) or as plain modules on sys.path
-    from .compose import compose_cfg
-    from .helpers_tiny import single_thread, tiny_tokenizer
-except ImportError:
-    from compose import compose_cfg
-    from helpers_tiny import single_thread, tiny_tokenizer  # noqa: F401
+from .compose import compose_cfg
+from .helpers_tiny import tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,13 +10,14 @@ import torch
 
 from adakd.kd.adaptive import DifficultyMetric
 from adakd.kd.losses import DIVERGENCES, per_token
-from adakd.kd.losses.sparse import BucketMetric, dense_teacher, topk_from_logits
+from adakd.kd.adaptive.difficulty import BucketMetric
+from adakd.kd.losses.sparse import dense_teacher, topk_from_logits
 from adakd.kd.losses.sparse import per_token as sparse_per_token
 from adakd.kd.objective import build_objective
 from adakd.schema import AdakdConfig, MethodConfig
 
 from .compose import compose_cfg
-from .helpers_tiny import single_thread, tiny_gpt2, tiny_tokenizer  # noqa: F401 (fixture)
+from .helpers_tiny import tiny_gpt2, tiny_tokenizer
 
 F64 = torch.float64
 
@@ -227,6 +228,7 @@ def test_cached_trainer_matches_the_live_teacher(tmp_path, tok, pair, examples):
         assert s1["n_kept"] == s2["n_kept"]
 
 
+@pytest.mark.integration
 def test_teacher_cache_end_to_end_smoke(tmp_path):
     """experiment=smoke with the cache: built once, reused by a second run (another seed), refused for gkd."""
     from adakd.experiment import runner

@@ -11,6 +11,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .io import atomic_write_json
 
 PACKAGES = ["torch", "transformers", "tokenizers", "hydra-core", "omegaconf", "wandb", "rouge-score", "peft",
@@ -46,7 +48,6 @@ def versions() -> dict:
 
 
 def device_info() -> dict:
-    import torch
     info = {"cuda": torch.cuda.is_available(), "threads": torch.get_num_threads(), "cpu": platform.processor()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -44,11 +44,11 @@ class WandbLogger(NullLogger):
         self.run.log(values, step=step)
 
     def log_table(self, name, columns, rows):
-        import wandb
+        import wandb   # optional and slow to import (~1 s): only runs that log to W&B load it
         self.run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
 
     def log_image(self, name, path):
-        import wandb
+        import wandb   # optional, as above
         self.run.log({name: wandb.Image(str(path))})
 
     def summary(self, values):
@@ -67,7 +67,7 @@ def make_logger(cfg, run_dir: Path, run_id: str, name: str, config: Dict[str, An
     if cfg.name != "wandb":
         raise ValueError(f"unknown logger {cfg.name!r}; valid: ['wandb', 'none']")
     try:
-        import wandb
+        import wandb   # optional, as above
     except ImportError:
         log.warning("wandb is not installed; logging to local files only")
         return NullLogger()

@@ -25,6 +25,8 @@ from typing import Any, Dict, List
 
 import torch
 
+from transformers import GPT2Config, GPT2LMHeadModel
+
 from adakd.kd.objective import HiddenStates, build_objective
 from adakd.models import lm_parts
 from adakd.schema import AdakdConfig, MethodConfig
@@ -50,8 +52,6 @@ def _objective(kind: str, impl: str, total_steps: int):
 
 
 def _models(size: Dict[str, Any], device: torch.device, teacher_dtype: torch.dtype):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     def build(arch, seed):
         cfg = GPT2Config(vocab_size=size["vocab"], n_positions=max(1024, size["seq"]), resid_pdrop=0.0,
                          embd_pdrop=0.0, attn_pdrop=0.0, **arch)

@@ -41,6 +41,9 @@ import sys
 import time
 from typing import Any, Dict, List, Tuple
 
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
 from adakd.kd.objective import HiddenStates, build_objective
 from adakd.schema import AdakdConfig, MethodConfig
 
@@ -65,7 +68,6 @@ TARGETS = {
 
 
 def _objective(loss: str, impl: str, chunk: int, total_steps: int = 100):
-
     if loss == "rkl":
         adakd = AdakdConfig(name="none", latf=False, idts=False)
     else:  # steady-state AdaKD: ratio 0.75 and IDTS (LATF's own schedule would start at r = 1)
@@ -86,8 +88,6 @@ def _rss_mb() -> float:
 
 def _sync(device: str) -> None:
     if device == "cuda":
-        import torch
-
         torch.cuda.synchronize()
 
 
@@ -112,8 +112,6 @@ class LossCase:
     """Inputs and objective of one (loss, impl) case; `run()` is one timed forward + backward."""
 
     def __init__(self, args):
-        import torch
-
         torch.manual_seed(0)
         self.dev, dtype = args.device, getattr(torch, args.dtype)
         n, v, hs_dim, ht_dim = args.n, args.v, args.h_student, args.h_teacher
@@ -172,8 +170,6 @@ class LossCase:
         return time.perf_counter() - t0, value
 
     def peak_mb(self) -> float:
-        import torch
-
         if self.dev == "cuda":
             return torch.cuda.max_memory_allocated() / 2**20 - self.base
         return _rss_mb() - self.base
@@ -198,9 +194,6 @@ def serve_loss_case(args) -> None:
 # training step (one process, both losses alternating)
 # ------------------------------------------------------------------------------------------------
 def worker_train(args) -> Dict[str, Any]:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     torch.manual_seed(0)
     dev = args.device
     if args.quick:
@@ -335,8 +328,6 @@ def run_pair(args, base_case: Tuple[str, str], measured_case: Tuple[str, str]) -
 
 
 def run_benchmark(args) -> Dict[str, Any]:
-    import torch
-
     pairs = {name: run_pair(args, *cases) for name, cases in PAIRS.items()}
     per_loss = {
         loss: {
@@ -391,7 +382,7 @@ def run_benchmark(args) -> Dict[str, Any]:
                 "quick": args.quick,
                 "reps": args.train_reps,
             },
-            "adakd": "ratio 0.75 (fixed), IDTS c=0.5, hellinger",
+            "adakd": repr(_objective("rkl_adakd", "chunked", args.chunk)),
             "malloc_env": MALLOC_ENV,
         },
         "machine": {
@@ -453,8 +444,6 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker and args.threads > 0:
-        import torch
-
         torch.set_num_threads(args.threads)
     if args.worker == "loss":
         serve_loss_case(args)

@@ -39,11 +39,15 @@ from typing import Any
 
 import torch
 
+from omegaconf import OmegaConf
+
 from adakd.data import collate_train, encode_example, load_benchmark, synthetic
 from adakd.data.prompts import apply_chat_template
 from adakd.kd.adaptive import DifficultyMetric
 from adakd.kd.losses import per_token
-from adakd.kd.losses.sparse import BucketMetric, dense_teacher, FORMS, per_token as sparse_per_token, TeacherTopK, topk_from_logits
+from adakd.kd.adaptive.difficulty import BucketMetric
+from adakd.kd.losses.sparse import FORMS, TeacherTopK, dense_teacher, topk_from_logits
+from adakd.kd.losses.sparse import per_token as sparse_per_token
 from adakd.kd.objective import build_objective, select_tokens
 from adakd.models import lm_parts, load_pretrained, load_tokenizer, model_from_arch
 from adakd.models.pruning import prune_layers
@@ -211,9 +215,6 @@ def fidelity(setup: dict[str, Any], ks: Sequence[int], ratios=(0.75, 0.5)) -> li
 
 # ---------------------------------------------------------------------------------------------- speed
 def speed(setup: dict[str, Any], k: int, steps: int, tmp: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-
     tok, teacher, data = setup["tok"], setup["teacher"], setup["train"]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     mb = setup["micro_batch"]

@@ -140,7 +140,7 @@ def benchmark_file(name: str, root: str | os.PathLike | None = None, split: str 
 
 def _download(repo: str, rel: str, spec: BenchmarkSpec) -> Path:
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import hf_hub_download   # only a download needs it (optional: offline use)
         return Path(hf_hub_download(repo_id=repo, filename=rel, repo_type="dataset"))
     except Exception as e:  # offline, missing file, no access: all end the same way for the user
         hint = spec.missing_hint.format(path=f"<data root>/{rel}") if spec.missing_hint else ""

@@ -1,6 +1,6 @@
 """Prompt rendering, tokenisation of (prompt, response) pairs, and the training collate function.
 
-The template strings are the Alpaca ones of the MiniLLM line of work (method.md section 6), byte for
+The template strings are the Alpaca ones of the MiniLLM line of work (docs/method.md section 6), byte for
 byte: the processed benchmark files carry the same strings in their `prompt` field, and the loader
 checks that they agree.
 

@@ -1,4 +1,4 @@
-"""Evaluation over benchmarks and generation seeds (method.md section 6): sample, score by ROUGE-L
+"""Evaluation over benchmarks and generation seeds (docs/method.md section 6): sample, score by ROUGE-L
 (evaluation.rouge), write the predictions. Per benchmark the mean and the sample standard deviation
 (ddof=1) over the seeds are reported; the whole protocol goes into the result so that a number can
 always be traced to the settings that produced it.

@@ -1,4 +1,4 @@
-"""ROUGE-L as the MiniLLM line of work scores it (method.md section 6): `rouge_score` ROUGE-L F-measure with
+"""ROUGE-L as the MiniLLM line of work scores it (docs/method.md section 6): `rouge_score` ROUGE-L F-measure with
 the Porter stemmer, the max over a sample's references, the mean over samples, x100."""
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from ..build.data import run_data
 from ..build.identity import finetuned_teacher_dir
 from ..build.teacher import get_teacher
 from ..build.tokenizer import get_tokenizer
-from ..schema.store import register_configs
+from .config_store import register_configs
 
 
 def main(argv=None) -> None:

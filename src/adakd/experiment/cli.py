@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 from transformers.utils import logging as hf_logging
 
-from ..schema.store import register_configs
+from .config_store import register_configs
 from ..training.signals import PREEMPTED_EXIT_CODE, Preempted, preemptible
 from . import runner, sweep
 

@@ -30,9 +30,8 @@ HARD, EASY, KEPT, DROPPED = "#c0392b", "#2874a6", "#1e8449", "#999999"
 
 
 def _figure(w: float, h: float, ncols: int = 1):
-    # matplotlib is imported where a plot is drawn: it costs about a second and most commands draw none
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg   # heavy (~1 s): loaded where a plot is drawn
+    from matplotlib.figure import Figure   # heavy, as above
     fig = Figure(figsize=(w, h), dpi=110)
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]

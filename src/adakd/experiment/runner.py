@@ -31,6 +31,7 @@ from ..io import atomic_write_json, atomic_write_text, read_json
 from ..models import save_model
 from ..tracking import NullLogger, make_logger
 from ..training import distributed
+from ..training.recipes import recipe_params
 from ..training.schedule import seed_everything
 from .plots import plot_run
 from .table_render import results_table
@@ -160,9 +161,11 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
     if student is not None:
         save_model(student, tokenizer, run_dir / "model",
                    extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name})
+    # the resolved objective and recipe parameters (the configs hold only what differs from the defaults)
     return {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 2),
             "resumed_from": result.resumed_from, "skipped_steps": result.skipped_steps,
-            "world_size": trainer.world_size}, student
+            "world_size": trainer.world_size, "objective": repr(trainer.objective) if trainer.objective else None,
+            "recipe_params": recipe_params(cfg.method.recipe, cfg.method.get("recipe_params"))}, student
 
 
 def log_results(logger, metrics: Dict[str, Any], run_dir: Path) -> None:

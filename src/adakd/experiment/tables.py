@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..schema.store import register_configs
+from .config_store import register_configs
 from .tasks import BASELINE_LABELS, is_finished, run_dir_for
 
 TABLE_PRESETS = {"smoke": "smoke-table"}      # --table name -> experiment preset, where they differ

@@ -22,7 +22,7 @@ KEYS = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modu
 
 
 def lora_config(cfg: Mapping[str, Any], model: nn.Module):
-    from peft import LoraConfig, TaskType   # optional-weight dependency: imported only where LoRA is used
+    from peft import LoraConfig, TaskType   # heavy to import (~2 s): loaded only where LoRA is used
 
     unknown = sorted(set(cfg) - set(KEYS))
     if unknown:
@@ -39,7 +39,7 @@ def lora_config(cfg: Mapping[str, Any], model: nn.Module):
 
 def apply_lora(model: nn.Module, cfg: Mapping[str, Any]) -> nn.Module:
     """The model wrapped by peft with LoRA adapters; every other weight frozen."""
-    from peft import get_peft_model
+    from peft import get_peft_model   # heavy, as above
 
     peft_model = get_peft_model(model, lora_config(cfg, model))
     n_train = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
@@ -50,7 +50,7 @@ def apply_lora(model: nn.Module, cfg: Mapping[str, Any]) -> nn.Module:
 
 def is_peft(model: nn.Module) -> bool:
     try:
-        from peft import PeftModel
+        from peft import PeftModel   # heavy, as above
     except ImportError:   # pragma: no cover - peft is a dependency
         return False
     return isinstance(model, PeftModel)

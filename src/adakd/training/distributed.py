@@ -160,9 +160,8 @@ def wrap_fsdp(model: nn.Module, *, param_dtype: Optional[torch.dtype] = None,
     weights and the gradient reduction stay float32. The model is modified in place (its parameters become
     sharded DTensors) and returned inside a `ResponseLM`.
     """
-    # the FSDP machinery is heavy to import (~1 s) and only multi-process FSDP runs use it
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.device_mesh import init_device_mesh   # heavy (~1 s): FSDP runs only
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard   # heavy: FSDP runs only
 
 
     if not is_initialized():
@@ -187,18 +186,18 @@ def full_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
 
 def load_full_state_dict(model: nn.Module, state: Dict[str, torch.Tensor]) -> None:
     """Load unsharded weights (read by every rank) into a sharded model. A collective."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict  # heavy: FSDP runs only
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
 def full_optimizer_state(model: nn.Module, optimizer) -> Dict[str, Any]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict  # heavy: FSDP runs only
     return get_optimizer_state_dict(model, optimizer,
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer, state: Dict[str, Any]) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict  # heavy: FSDP runs only
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 

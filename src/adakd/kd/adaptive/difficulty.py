@@ -29,6 +29,7 @@ from torch import Tensor
 from ...schema.adakd import AdakdConfig
 from ..losses import JensenShannon, compute_dtype, log_probs
 from ..losses.base import kl_rows
+from ..losses.sparse import TeacherTopK, dense_teacher, student_buckets, teacher_buckets
 
 _A = AdakdConfig()   # the defaults, defined once in the schema
 
@@ -139,3 +140,46 @@ def difficulty(
 ) -> Tensor:
     """Functional form: difficulty of each row of [N, V] logits -> [N] (no gradient)."""
     return DifficultyMetric(metric, k=k, generator=generator).rows(student_logits, teacher_logits, labels)
+
+
+class BucketMetric:
+    """A `DifficultyMetric` evaluated against a `TeacherTopK` (tau = 1, no gradient): on the k + 1 buckets of
+    kd.losses.sparse (nmtkd on the dense rebuild; entropy and ce use the student alone and are exact)."""
+
+    def __init__(self, base):
+        self.base = base
+        self.name, self.k, self.generator = base.name, base.k, base.generator
+
+    @property
+    def uses_logits(self) -> bool:
+        return self.base.uses_logits
+
+    @property
+    def keeps_all(self) -> bool:
+        return self.base.keeps_all
+
+    def constant(self, n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
+        return self.base.constant(n, device, dtype)
+
+    @torch.no_grad()
+    def rows(self, student_logits: Tensor, teacher: TeacherTopK, labels: Tensor | None = None) -> Tensor:
+        name = self.name
+        if not self.uses_logits or name in ("entropy", "ce"):   # no teacher involved: exact
+            return self.base.rows(student_logits, student_logits, labels)
+        dtype = compute_dtype(student_logits, teacher.logprobs)
+        if name == "nmtkd":
+            return _nmtkd(F.log_softmax(student_logits.to(dtype), -1), dense_teacher(teacher, student_logits.shape[-1],
+                                                                                     dtype), self.k)
+        lq = student_buckets(student_logits.to(dtype), teacher.ids)
+        lp = teacher_buckets(teacher, dtype=dtype)
+        if name == "hellinger":
+            return _hellinger(lq, lp)
+        if name == "fkl":
+            return kl_rows(lp, lq)
+        if name == "rkl":
+            return kl_rows(lq, lp)
+        if name == "jsd":
+            return JensenShannon(beta=0.5).from_log_probs(lq, lp)
+        if name == "bhattacharyya":
+            return _bhattacharyya(lq, lp)
+        raise AssertionError(name)  # pragma: no cover

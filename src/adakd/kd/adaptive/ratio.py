@@ -3,7 +3,7 @@
 All schedules share one interface: `.ratio` (the ratio for the next forward), `.step_end(kd_loss)`
 once per optimizer step, `state_dict()` / `load_state_dict()` for checkpoints.
 
-`LATFController` is method.md section 3 exactly:
+`LATFController` is docs/method.md section 3 exactly:
 - r starts at 1. After each optimizer step: EMA L_bar <- beta·L_bar + (1 - beta)·L, the first loss
   initialises it.
 - Warm-up: the first W = floor(warmup_frac · total_steps) steps keep r = 1; after step W,
@@ -30,8 +30,17 @@ def _check_ratio(key: str, value: float) -> float:
     return float(value)
 
 
+STATE_FIELDS = ("step", "ema", "l_ref")   # running state, not settings: left out of repr
+
+
 class RatioSchedule:
     kind = "base"
+
+    def __repr__(self) -> str:
+        # the settings (not the running state), e.g. LATFController(total_steps=1500, ema_beta=0.99, ...)
+        settings = {k: v for k, v in vars(self).items()
+                    if not k.startswith("_") and k not in STATE_FIELDS and isinstance(v, (bool, int, float, str))}
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in settings.items())})"
 
     def __init__(self, total_steps: int):
         self.total_steps = check_total_steps(total_steps)

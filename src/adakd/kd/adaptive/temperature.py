@@ -6,7 +6,7 @@ tau_i and multiplies the token's divergence by tau_i^2. Interface shared by all 
 `temperatures(scores_kept, n_kept, device, dtype)`, `uses_difficulty`, `standardize`,
 `parameters()`, `step_end()`, `state_dict()` / `load_state_dict()`.
 
-- IDTS (method.md section 4): s_hat = tanh(log(s_i / median(s_kept))), median = torch.median (the
+- IDTS (docs/method.md section 4): s_hat = tanh(log(s_i / median(s_kept))), median = torch.median (the
   lower of the two middle values for an even count); tau_i = tau_base·exp(-c·s_hat) ("inverse",
   hard tokens get tau < 1) or exp(+c·s_hat) ("direct"); detached. With c = 0.5, tau_base = 1:
   tau in [e^-0.5, e^0.5] = [0.607, 1.649]. s = 0 gives s_hat = -1; median = 0 with s > 0 gives +1;
@@ -65,10 +65,19 @@ def standardize_logits(x: Tensor, eps: float = 1e-7) -> Tensor:
     return torch.where(finite, centred / (std + eps), x)
 
 
+STATE_FIELDS = ("step",)   # running state, not settings: left out of repr
+
+
 class TemperaturePolicy:
     name = "base"
     uses_difficulty = False
     standardize = False
+
+    def __repr__(self) -> str:
+        # the settings (not the running state), e.g. LATFController(total_steps=1500, ema_beta=0.99, ...)
+        settings = {k: v for k, v in vars(self).items()
+                    if not k.startswith("_") and k not in STATE_FIELDS and isinstance(v, (bool, int, float, str))}
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in settings.items())})"
 
     def temperatures(
         self, scores_kept: Optional[Tensor], n_kept: int, device: torch.device, dtype: torch.dtype

@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Divergence, compute_dtype, kl_rows
+from . import build_divergence
+from .base import Divergence, compute_dtype
 
 TAIL_MODES = ("student", "uniform", "atom")
 FORMS = ("dense", "buckets")
@@ -207,51 +208,6 @@ class BucketDivergence:
         return self.token_values(student_rows, teacher, None)
 
 
-class BucketMetric:
-    """A `DifficultyMetric` evaluated against a `TeacherTopK` (tau = 1, no gradient)."""
-
-    def __init__(self, base):
-        self.base = base
-        self.name, self.k, self.generator = base.name, base.k, base.generator
-
-    @property
-    def uses_logits(self) -> bool:
-        return self.base.uses_logits
-
-    @property
-    def keeps_all(self) -> bool:
-        return self.base.keeps_all
-
-    def constant(self, n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
-        return self.base.constant(n, device, dtype)
-
-    @torch.no_grad()
-    def rows(self, student_logits: Tensor, teacher: TeacherTopK, labels: Tensor | None = None) -> Tensor:
-        from ..adaptive.difficulty import _bhattacharyya, _hellinger, _nmtkd
-        from .jsd import JensenShannon
-
-        name = self.name
-        if not self.uses_logits or name in ("entropy", "ce"):   # no teacher involved: exact
-            return self.base.rows(student_logits, student_logits, labels)
-        dtype = compute_dtype(student_logits, teacher.logprobs)
-        if name == "nmtkd":
-            return _nmtkd(F.log_softmax(student_logits.to(dtype), -1), dense_teacher(teacher, student_logits.shape[-1],
-                                                                                     dtype), self.k)
-        lq = student_buckets(student_logits.to(dtype), teacher.ids)
-        lp = teacher_buckets(teacher, dtype=dtype)
-        if name == "hellinger":
-            return _hellinger(lq, lp)
-        if name == "fkl":
-            return kl_rows(lp, lq)
-        if name == "rkl":
-            return kl_rows(lq, lp)
-        if name == "jsd":
-            return JensenShannon(beta=0.5).from_log_probs(lq, lp)
-        if name == "bhattacharyya":
-            return _bhattacharyya(lq, lp)
-        raise AssertionError(name)  # pragma: no cover
-
-
 def dense_teacher(teacher: TeacherTopK, vocab: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """[n, V] teacher log-probabilities: top-k exact, the tail mass spread evenly over the other tokens."""
     lp = teacher_buckets(teacher, dtype=dtype)
@@ -263,8 +219,6 @@ def dense_teacher(teacher: TeacherTopK, vocab: int, dtype: torch.dtype = torch.f
 def per_token(name: str, student_logits: Tensor, teacher: TeacherTopK, *, tail: str = "student",
               tau: Tensor | None = None, **params) -> Tensor:
     """Per-row divergence `name` between full student logits [N, V] and a sparse teacher -> [N]."""
-    from . import build_divergence
-
     return BucketDivergence(build_divergence(name, **params), tail=tail).token_values(student_logits, teacher, tau)
 
 
@@ -272,7 +226,6 @@ __all__ = [
     "FORMS",
     "TAIL_MODES",
     "BucketDivergence",
-    "BucketMetric",
     "TeacherTopK",
     "dense_teacher",
     "per_token",

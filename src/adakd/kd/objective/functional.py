@@ -1,9 +1,10 @@
-"""The stateless core (the project's contract, docs/method.md):
+"""The stateless core (the project's contract):
 
-    adakd_loss(student_logits, teacher_logits, labels, *, divergence="rkl", ratio=1.0, idts=False,
-               c=0.5, tau_base=1.0, metric="hellinger", direction="inverse", **params) -> (loss, stats)
+    adakd_loss(student_logits, teacher_logits, labels, *, divergence, ratio=1.0, idts=False, c, tau_base,
+               metric, direction, **params) -> (loss, stats)
 
-Defaults of the AdaKD settings are the config schema's (adakd.schema), so they are written once.
+The defaults of divergence, c, tau_base, metric and direction are the config schema's (adakd.schema: rkl,
+and the paper's AdaKD settings), so each is written once.
 """
 from __future__ import annotations
 

@@ -21,11 +21,11 @@ from torch import Tensor
 from ...schema.adakd import AdakdConfig
 from ...schema.method import MethodConfig
 from ...schema.train import TeacherCacheConfig, TrainConfig
-from ..adaptive.difficulty import DifficultyMetric
+from ..adaptive.difficulty import BucketMetric, DifficultyMetric
 from ..adaptive.ratio import RatioSchedule, build_ratio_schedule
 from ..adaptive.temperature import TemperaturePolicy, build_temperature
 from ..losses import Divergence, build_divergence
-from ..losses.sparse import FORMS, BucketDivergence, BucketMetric, TeacherTopK
+from ..losses.sparse import FORMS, BucketDivergence, TeacherTopK
 from .inputs import HiddenStates, check_chunk, check_heads, check_impl, check_shapes
 from .pipeline import run_pipeline
 from .rows import HiddenRows, LogitRows, ReferenceRows, SparseTeacherRows
@@ -64,8 +64,8 @@ class KDObjective:
 
     def __repr__(self) -> str:
         return (
-            f"KDObjective({self.divergence!r}, metric={self.metric.name}, schedule={self.schedule.kind}, "
-            f"temperature={self.temperature.name}, impl={self.impl}, chunk_size={self.chunk_size})"
+            f"KDObjective({self.divergence!r}, metric={self.metric.name}, schedule={self.schedule!r}, "
+            f"temperature={self.temperature!r}, impl={self.impl}, chunk_size={self.chunk_size})"
         )
 
     @property

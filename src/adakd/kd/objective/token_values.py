@@ -1,7 +1,7 @@
 """The per-token value every implementation computes: tau_i^2 * D(prep(s_i)/tau_i, prep(t_i)/tau_i).
 
 prep is the identity or logit standardisation; tau is None (no scaling at all, so the plain base loss
-stays bit-exact) or one temperature per row (method.md section 4). `values_and_grads` is the same value
+stays bit-exact) or one temperature per row (docs/method.md section 4). `values_and_grads` is the same value
 with its gradient w.r.t. the student rows, computed without keeping an autograd graph (analytically for
 fkl / rkl), which is what lets the chunked and fused losses stream chunk by chunk.
 """

@@ -10,7 +10,8 @@
 A recipe's batch source (built by build.recipes from the config) is what the Trainer calls for each
 micro-batch (`source(batch, trainer) -> batch`; `on_step_end`; state in the checkpoints). The token loss is untouched: the method's divergence, wrapped by AdaKD when adakd is on.
 
-recipe_params (method.recipe_params) and their defaults are in RECIPE_DEFAULTS; unknown keys are refused
+recipe_params (method.recipe_params) and their defaults are each recipe's PARAMS (collected in RECIPE_DEFAULTS);
+unknown keys are refused
 by `check_recipe_params` (experiment.validate).
 """
 from __future__ import annotations
@@ -28,19 +29,17 @@ from .distillm import (
     DistiLLMSource,
     ReplayBuffer,
 )
+from . import distillm, gkd, seqkd
 from .gkd import GKDSource
 from .seqkd import SeqKDSource
 
-_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "max_new_tokens": None, "gen_batch_size": None}
-
+# Each recipe's method.recipe_params with their defaults, defined (and documented) in the recipe's module.
 RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
     "offline": {},
     "sft": {},
-    "gkd": {"lambda": 0.5, **_SAMPLING},
-    "distillm": {"replay_capacity": 1000, "prob_init": 0.0, "prob_step": 0.1, "prob_max": 1.0,
-                 "val_loss_rise": 0.1, "val_every": None, "val_samples": 1000, "val_loss": "kd",
-                 "val_reference": "last_rise", "replay_ratio": "decreasing", **_SAMPLING},
-    "seqkd": {"seed": 0, **_SAMPLING, "gen_batch_size": 32},
+    "gkd": gkd.PARAMS,
+    "distillm": distillm.PARAMS,
+    "seqkd": seqkd.PARAMS,
 }
 RECIPES = tuple(RECIPE_DEFAULTS)
 ON_POLICY = ("gkd", "distillm")   # sequences drawn from the current student during training
@@ -105,14 +104,7 @@ def check_recipe_params(recipe: str, params: dict[str, Any] | None) -> list[str]
     return errors
 
 
-def sampling_of(p: dict[str, Any], default_batch: int) -> Sampling:
-    """The sampling settings among a recipe's parameters."""
-    return Sampling(temperature=float(p["temperature"]), top_k=int(p["top_k"]), top_p=float(p["top_p"]),
-                    max_new_tokens=None if p["max_new_tokens"] is None else int(p["max_new_tokens"]),
-                    batch_size=int(p["gen_batch_size"] or default_batch))
-
-
 __all__ = [
     "ON_POLICY", "RECIPE_DEFAULTS", "AdaptiveProbability", "BatchSource", "DistiLLMSource", "GKDSource",
-    "RECIPES", "ReplayBuffer", "Sampling", "SeqKDSource", "check_recipe_params", "recipe_params", "sampling_of",
+    "RECIPES", "ReplayBuffer", "Sampling", "SeqKDSource", "check_recipe_params", "recipe_params",
 ]

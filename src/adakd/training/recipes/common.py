@@ -18,14 +18,32 @@ from ...data.prompts import IGNORE_INDEX, collate_train
 from ...evaluation.generation import example_seed, generate_from_ids, max_positions
 
 
+# The sampling options of every recipe that samples (method.recipe_params), with their defaults:
+# docs/method.md section 6, pure sampling at T = 1.
+SAMPLING_PARAMS: dict[str, Any] = {
+    "temperature": 1.0,
+    "top_k": 0,                # 0: no top-k filter
+    "top_p": 1.0,              # 1: no nucleus filter
+    "max_new_tokens": None,    # None: up to dataset.max_len - the prompt's length
+    "gen_batch_size": None,    # None: train.micro_batch
+}
+
+
 @dataclass
 class Sampling:
-    """Sampling settings of a recipe (method.md section 6 defaults: pure sampling, T = 1)."""
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int | None = None   # None: up to dataset.max_len - the prompt's length
+    """Sampling settings of a recipe."""
+    temperature: float = SAMPLING_PARAMS["temperature"]
+    top_k: int = SAMPLING_PARAMS["top_k"]
+    top_p: float = SAMPLING_PARAMS["top_p"]
+    max_new_tokens: int | None = SAMPLING_PARAMS["max_new_tokens"]
     batch_size: int = 16
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any], default_batch: int) -> "Sampling":
+        """From a recipe's parameters; gen_batch_size None means `default_batch`."""
+        return cls(temperature=float(p["temperature"]), top_k=int(p["top_k"]), top_p=float(p["top_p"]),
+                   max_new_tokens=None if p["max_new_tokens"] is None else int(p["max_new_tokens"]),
+                   batch_size=int(p["gen_batch_size"] or default_batch))
 
     def record(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,

@@ -45,6 +45,7 @@ from ...kd.objective import shared_vocab
 from ..forward import head_logits, hidden_at, response_positions
 from .base import BatchSource
 from .common import (
+    SAMPLING_PARAMS,
     Sampling,
     collate,
     pad_id_of,
@@ -59,12 +60,28 @@ REPLAY_RATIOS = ("decreasing", "constant", "increasing")
 VAL_LOSSES = ("kd", "ce")
 VAL_REFERENCES = ("last_rise", "previous")
 
+# method.recipe_params of distillm and their defaults (the rule above).
+PARAMS: dict[str, Any] = {
+    "replay_capacity": 1000,        # FIFO replay buffer of student-generated examples
+    "prob_init": 0.0,               # probability of using student-generated outputs at the start
+    "prob_step": 0.1,               # ... raised by this much (up to prob_max) when the validation loss rises
+    "prob_max": 1.0,
+    "val_loss_rise": 0.1,           # by at least this much over the reference
+    "val_reference": "last_rise",   # last_rise (the released code) | previous (the previous evaluation)
+    "val_loss": "kd",               # kd: the plain base divergence on dev | ce: the student's CE (released code)
+    "val_every": None,              # steps between validations; None: once per epoch; train.val_every wins
+    "val_samples": 1000,            # dev examples used (None: all)
+    "replay_ratio": "decreasing",   # share of p that samples fresh: decreasing (1 - step/total) | constant | increasing
+    **SAMPLING_PARAMS,
+}
+
 
 class AdaptiveProbability:
     """The probability of using student-generated outputs, driven by validation losses."""
 
-    def __init__(self, init: float = 0.0, step: float = 0.1, rise: float = 0.1, maximum: float = 1.0,
-                 reference: str = "last_rise"):
+    def __init__(self, init: float = PARAMS["prob_init"], step: float = PARAMS["prob_step"],
+                 rise: float = PARAMS["val_loss_rise"], maximum: float = PARAMS["prob_max"],
+                 reference: str = PARAMS["val_reference"]):
         if reference not in VAL_REFERENCES:
             raise ValueError(f"distillm: val_reference must be one of {VAL_REFERENCES}, got {reference!r}")
         self.p, self.step, self.rise, self.maximum = float(init), float(step), float(rise), float(maximum)
@@ -98,7 +115,7 @@ class AdaptiveProbability:
 class ReplayBuffer:
     """FIFO buffer of generated training examples ({input_ids, labels} token lists), at most `capacity`."""
 
-    def __init__(self, capacity: int = 1000):
+    def __init__(self, capacity: int = PARAMS["replay_capacity"]):
         if capacity < 1:
             raise ValueError(f"distillm: replay_capacity must be >= 1, got {capacity}")
         self.capacity = int(capacity)
@@ -162,8 +179,8 @@ class DistiLLMSource(BatchSource):
 
     def __init__(self, *, student, teacher, tokenizer, seed: int, dev: Sequence[dict[str, list[int]]],
                  divergence: str, div_params: dict[str, Any] | None = None, schedule: AdaptiveProbability,
-                 capacity: int = 1000, replay_ratio: str = "decreasing", val_every: int = 0,
-                 val_loss: str = "kd", val_batch: int = 16, chunk_size: int = 1024,
+                 capacity: int = PARAMS["replay_capacity"], replay_ratio: str = PARAMS["replay_ratio"],
+                 val_every: int = 0, val_loss: str = PARAMS["val_loss"], val_batch: int = 16, chunk_size: int = 1024,
                  sampling: Sampling | None = None, max_len: int = 512, run_dir=None, rank: int = 0):
         super().__init__(run_dir=run_dir, rank=rank)
         if replay_ratio not in REPLAY_RATIOS:

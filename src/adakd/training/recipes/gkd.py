@@ -8,8 +8,8 @@ training micro-batch is replaced by responses the CURRENT student samples for th
   sample can be regenerated exactly (tests do) and a resumed run draws the same samples.
 - Labels are the sampled tokens (+ EOS when the student stopped by itself), -100 on the prompt; responses
   are cut at dataset.max_len (a cut response has no EOS).
-- The token loss is the method's (jsd, beta = 0.1 in conf/method/gkd.yaml) wrapped by AdaKD when
-  adakd=full: the data source stays GKD's, the loss becomes AdaKD's (method.md section 5).
+- The token loss is the method's (jsd, its default beta = 0.1; conf/method/gkd.yaml) wrapped by AdaKD when
+  adakd=full: the data source stays GKD's, the loss becomes AdaKD's (docs/method.md section 5).
 
 The released DistiLLM code (which the AdaKD code builds on) runs GKD as "mixed-jsd": its on-policy samples
 go through a replay buffer first. Here they are used directly, as in the GKD paper.
@@ -22,6 +22,7 @@ import torch
 
 from .base import BatchSource
 from .common import (
+    SAMPLING_PARAMS,
     Sampling,
     collate,
     pad_id_of,
@@ -33,10 +34,17 @@ from .common import (
 )
 
 
+# method.recipe_params of gkd and their defaults.
+PARAMS: dict[str, Any] = {
+    "lambda": 0.5,             # probability that a micro-batch is replaced by on-policy student samples
+    **SAMPLING_PARAMS,
+}
+
+
 class GKDSource(BatchSource):
     name = "gkd"
 
-    def __init__(self, *, student, tokenizer, seed: int, lam: float = 0.5, sampling: Sampling | None = None,
+    def __init__(self, *, student, tokenizer, seed: int, lam: float = PARAMS["lambda"], sampling: Sampling | None = None,
                  max_len: int = 512, run_dir=None, rank: int = 0):
         super().__init__(run_dir=run_dir, rank=rank)
         if not 0.0 <= lam <= 1.0:
