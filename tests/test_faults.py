@@ -86,7 +86,7 @@ def baseline(tmp_path_factory):
     root = tmp_path_factory.mktemp("baseline") / "out"
     root.mkdir()
     _ok(_run(BASE, root))
-    (run_dir,) = (root / "runs").iterdir()
+    (run_dir,) = [d for d in (root / "runs").iterdir() if d.is_dir()]   # .<name>.lock files sit beside
     return root, run_dir
 
 
@@ -277,7 +277,7 @@ def test_interrupted_sweep_rerun_skips_finished_and_resumes_the_rest(tmp_path, b
     r = _run(SWEEP, root)
     _ok(r)
     assert (first / "metrics.json").stat().st_mtime_ns == stamp   # finished job skipped, not redone
-    (second,) = [d for d in runs.iterdir() if d != first]
+    (second,) = [d for d in runs.iterdir() if d != first and d.is_dir()]
     m = json.loads((second / "metrics.json").read_text())
     assert m["status"] == "ok" and m["run"]["resumed_from"] and m["run"]["resumed_from"] >= 5
 

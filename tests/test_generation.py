@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adakd.data import render_prompt
-from adakd.evaluation.generation import _encode_prompts, _pick, example_seed, generate, generate_ids
+from adakd.evaluation.generation import encode_prompts, _pick, example_seed, generate, generate_ids
 
 from .helpers_tiny import tiny_gpt2, tiny_tokenizer
 
@@ -74,7 +74,7 @@ def test_greedy_matches_transformers_one_at_a_time(model, tok, prompts):
     """Left padding, position ids and the KV cache give the same tokens as unpadded HF decoding."""
     ours = generate_ids(model, tok, prompts, keys_for(prompts), seed=0, temperature=0.0, batch_size=8, **KW)
     for prompt, got in zip(prompts, ours):
-        ids = torch.tensor([_encode_prompts(tok, [prompt], KW["max_prompt_len"], "head", True)[0]])
+        ids = torch.tensor([encode_prompts(tok, [prompt], KW["max_prompt_len"], "head", True)[0]])
         out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         new = out[0, ids.shape[1]:].tolist()
@@ -112,7 +112,7 @@ def test_no_repeat_ngram(model, tok, prompts):
     keys = keys_for(prompts)
     outs = generate_ids(model, tok, prompts, keys, seed=10, no_repeat_ngram_size=n, batch_size=8, **KW)
     for prompt, gen in zip(prompts, outs):
-        seq = _encode_prompts(tok, [prompt], 48, "head", True)[0] + gen
+        seq = encode_prompts(tok, [prompt], 48, "head", True)[0] + gen
         first = len(seq) - len(gen)
         for t in range(max(first, n - 1), len(seq)):
             gram = tuple(seq[t - n + 1:t + 1])
@@ -125,17 +125,30 @@ def test_no_repeat_ngram(model, tok, prompts):
 def test_prompt_truncation_sides(tok):
     text = " ".join(f"w{i}" for i in range(40))
     full = tok(text)["input_ids"]
-    assert _encode_prompts(tok, [text], 8, "head", True)[0] == full[:8]
-    assert _encode_prompts(tok, [text], 8, "tail", True)[0] == full[-8:]
+    assert encode_prompts(tok, [text], 8, "head", True)[0] == full[:8]
+    assert encode_prompts(tok, [text], 8, "tail", True)[0] == full[-8:]
     with pytest.raises(ValueError, match="prompt_truncation"):
         generate(None, tok, [text], ["k"], seed=0, prompt_truncation="middle")
 
 
 def test_context_limit_cuts_new_tokens(tok, prompts):
+    """Each prompt gets its own room (positions - its length): a long neighbour does not shorten a short
+    prompt's generation, and the result does not depend on the batch."""
     small = tiny_gpt2(len(tok), n_positions=52)
-    with pytest.warns(UserWarning, match="exceeds the model's 52 positions"):
+    with pytest.warns(UserWarning, match="positions of the model's 52"):
         out = generate_ids(small, tok, prompts[:4], keys_for(prompts[:4]), seed=0, batch_size=4, **KW)
-    assert all(len(o) <= 52 - 48 for o in out)
+    lengths = [len(ids) for ids in encode_prompts(tok, prompts[:4], KW["max_prompt_len"], "head", True)]
+    assert all(len(o) <= 52 - n for o, n in zip(out, lengths))
+    with pytest.warns(UserWarning):
+        alone = [generate_ids(small, tok, [p], keys_for(prompts[:4])[i:i + 1], seed=0, batch_size=1, **KW)[0]
+                 for i, p in enumerate(prompts[:4])]
+    assert alone == out
+
+
+def test_a_prompt_without_room_for_a_token_is_refused(tok, prompts):
+    small = tiny_gpt2(len(tok), n_positions=8)
+    with pytest.raises(ValueError, match="no room for a new token"):
+        generate_ids(small, tok, prompts[:2], keys_for(prompts[:2]), seed=0, batch_size=2, **KW)
 
 
 # ---------------------------------------------------------------- a scripted model: EOS and pruning

@@ -1,7 +1,7 @@
 """The package's structure, checked: imports point down the layers only, no import cycles, and imports
 inside functions only for optional or heavy dependencies (each with a comment saying why).
 
-Layers, bottom to top (README, "Layout"): foundation (io, runinfo, schema, tracking) < data < kd < models <
+Layers, bottom to top (README, "Layout"): foundation (errors, io, runinfo, schema, tracking) < data < kd < models <
 evaluation < training < build < experiment < tools (bench, the public-name modules, __main__). A module may
 import its own package and any package below it.
 """
@@ -15,7 +15,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: List[List[str]] = [
-    ["io"], ["runinfo"], ["schema"], ["tracking"],
+    ["errors"], ["io"], ["runinfo"], ["schema"], ["tracking"],
     ["data"], ["kd"], ["models"], ["evaluation"], ["training"], ["build"], ["experiment"],
     ["bench", "objective", "losses", "evaluate", "__main__"],
 ]

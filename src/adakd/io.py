@@ -1,4 +1,5 @@
-"""Atomic file writes: a crash never leaves a half-written result behind.
+"""Atomic file writes (a crash never leaves a half-written result behind) and directory locks (one process
+per run directory).
 
 Every result file is written to a temp file in the same directory, flushed to disk, then renamed over
 the target (`os.replace` is atomic on POSIX), and the directory entry is synced, so after a kill -9 or
@@ -8,12 +9,17 @@ clusters.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import RunLocked
+
 
 
 def _umask() -> int:
@@ -116,3 +122,33 @@ def remove_stale_temps(directory: str | os.PathLike) -> int:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+@contextmanager
+def hold_directory(path: str | os.PathLike, what: str = "run directory") -> Iterator[Path]:
+    """Hold `path` for this process while the block runs: an exclusive OS lock (flock) on `.<name>.lock`
+    beside it (so a run that is refused creates nothing in its own directory).
+
+    The kernel releases it when the process ends in any way (kill -9 included), so a stale lock never blocks
+    a later run. A second process fails at once with RunLocked, naming the holder's pid and the directory.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path.parent / f".{path.name}.lock", "a+", encoding="utf-8")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise RunLocked(f"the {what} {path} is in use by another process (pid {holder}): wait for it to finish, "
+                        "or stop it; this process does nothing") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield path
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from adakd.evaluation.generation import _encode_prompts, generate_ids
+from adakd.evaluation.generation import encode_prompts, generate_ids
 
 from adakd import models
 from adakd.data import load_benchmark, render_prompt
@@ -73,7 +73,7 @@ def run(args) -> dict:
     model, tok, model_info = _model_and_tokenizer(args, corpus)
     model.eval()
     keys = [f"bench:{i}" for i in range(len(prompts))]
-    encoded = _encode_prompts(tok, prompts, args.max_prompt_len, "head", True)
+    encoded = encode_prompts(tok, prompts, args.max_prompt_len, "head", True)
     common = {"seed": args.seed, "max_new_tokens": args.max_new_tokens, "max_prompt_len": args.max_prompt_len,
                   "progress": False}
 

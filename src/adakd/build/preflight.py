@@ -25,11 +25,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from transformers import AutoConfig
 
+from ..errors import ConfigError, UserError
 from ..models.pruning import layers_to_keep
 from .devices import autocast_dtype, load_dtype, teacher_device
 
@@ -42,7 +43,7 @@ OVERHEAD = {"cuda": 1.0 * GiB, "cpu": 1.0 * GiB}
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
-class PreflightError(RuntimeError):
+class PreflightError(UserError, RuntimeError):
     """The run will not fit; the message names what would make it fit."""
 
 
@@ -60,6 +61,7 @@ class ModelShape:
     kind: str = "llama"          # gpt2 | llama
     attn_bias: bool = False
     extra_params: int = 0        # non-block parameters (embeddings, positions, norms, head)
+    positions: Optional[int] = None   # the longest sequence the model takes (GPT-2 n_positions, ...)
 
     @property
     def per_layer(self) -> int:
@@ -74,7 +76,8 @@ def _gpt2_shape(vocab: int, n_layer: int, n_embd: int, n_inner: Optional[int], n
     per_layer = (h * 3 * h + 3 * h) + (h * h + h) + (h * i + i) + (i * h + h) + 4 * h   # attn, proj, mlp, 2 LN
     extra = vocab * h + n_positions * h + 2 * h                                        # wte, wpe, ln_f (head tied)
     return ModelShape(n_params=extra + n_layer * per_layer, n_layers=n_layer, hidden=h, vocab=vocab,
-                      intermediate=i, kv_dim=h, q_dim=h, tied=True, kind="gpt2", attn_bias=True, extra_params=extra)
+                      intermediate=i, kv_dim=h, q_dim=h, tied=True, kind="gpt2", attn_bias=True, extra_params=extra,
+                      positions=n_positions)
 
 
 def shape_from_config(c: Any) -> ModelShape:
@@ -96,6 +99,7 @@ def shape_from_config(c: Any) -> ModelShape:
     tied = bool(get("tie_word_embeddings", False))
     extra = vocab * h + h + (0 if tied else vocab * h)
     return ModelShape(n_params=extra + n_layers * per_layer, n_layers=n_layers, hidden=h, vocab=vocab,
+                      positions=get("max_position_embeddings"),
                       intermediate=inter, kv_dim=kv_dim, q_dim=q_dim, tied=tied, kind="llama", attn_bias=bias,
                       extra_params=extra)
 
@@ -424,3 +428,51 @@ def check_run(cfg, tokenizer, device: torch.device, world_size: int = 1, **task)
     else:
         log.info("%s", report.message)
     return report
+
+
+def model_positions(cfg, *, trains: bool, distils: bool, evaluates_teacher: bool) -> Dict[str, Optional[int]]:
+    """{role: the longest sequence it takes} for the models of the run, from their configs (no weights)."""
+    m = cfg.model
+    vocab = int(m.tokenizer_vocab)   # positions do not depend on it
+    try:
+        t_shape = spec_shape(m.teacher, vocab) if (distils or evaluates_teacher or m.student.source == "pruned") \
+            else None
+        s_shape = None if evaluates_teacher else spec_shape(m.student, vocab, t_shape)
+    except Exception as e:   # noqa: BLE001 - a config we cannot read is the loader's to report
+        log.info("length check skipped: %s: %s", type(e).__name__, e)
+        return {}
+    out = {}
+    if t_shape is not None and (trains and distils or evaluates_teacher or m.teacher.finetune):
+        out["teacher"] = t_shape.positions
+    if s_shape is not None:
+        out["student"] = s_shape.positions
+    return out
+
+
+def check_lengths(cfg, tokenizer, train_lengths: Sequence[int], prompt_lengths: Mapping[str, Sequence[int]], *,
+                  trains: bool, distils: bool, evaluates_teacher: bool) -> None:
+    """Refuse, before any weights load, a sequence longer than a model of the run takes: a training sequence
+    (after dataset.max_len) for the models that train on it, a prompt (after eval.max_prompt_len) plus one new
+    token for the model that is evaluated. Position embeddings end there: past them a run fails after its
+    training. `prompt_lengths`: {benchmark: token count of each prompt as generation will see it}."""
+    m, errors = cfg.model, []
+    for role, positions in model_positions(cfg, trains=trains, distils=distils,
+                                           evaluates_teacher=evaluates_teacher).items():
+        if not positions:
+            continue
+        where = f"model.{role}.arch.n_positions" if m[role].source == "scratch" else f"the config of model.{role}"
+        # the student trains on them; the teacher is distilled on them, or fine-tuned on them first
+        sees_training = (trains and (role == "student" or distils)) or (role == "teacher" and bool(m.teacher.finetune))
+        if sees_training and train_lengths and max(train_lengths) > positions:
+            errors.append(f"training sequences of up to {max(train_lengths)} tokens (dataset.max_len="
+                          f"{cfg.dataset.max_len}) are longer than the {positions} positions of the {role} ({where}): "
+                          "lower dataset.max_len and dataset.max_prompt_len, or use a larger model")
+        if (role == "teacher") == evaluates_teacher:
+            for bench, lengths in prompt_lengths.items():
+                if lengths and max(lengths) + 1 > positions:
+                    errors.append(f"{bench}: prompts of up to {max(lengths)} tokens (eval.max_prompt_len="
+                                  f"{cfg.eval.max_prompt_len}) leave no room for a new token in the {positions} "
+                                  f"positions of the {role} ({where}): lower eval.max_prompt_len (prompts are cut "
+                                  "to it) or use a larger model")
+    if errors:
+        raise ConfigError("the sequences of this run do not fit its models:\n  - " + "\n  - ".join(errors))

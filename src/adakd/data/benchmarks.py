@@ -20,14 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
 from .example import Example
 from .prompts import render_prompt
 
 ENV_DATA_DIR = "ADAKD_DATA_DIR"
-
-
-class DataError(ValueError):
-    """A benchmark file is missing, unreadable or malformed."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,7 @@ _UINST_HINT = (
     "Unnatural Instructions data on a machine with internet (the Hugging Face dataset repository "
     "MiniLLM/uinst, e.g. `huggingface-cli download MiniLLM/uinst --repo-type dataset --local-dir DIR`), "
     "take its evaluation file of responses with 11+ words (MiniLLM's `11_` subset, 10,000 samples) and "
-    "save it as {path} (JSON lines with instruction, input, output, prompt), or pass hub_repo=<a dataset "
+    "save it as {path} (JSON lines with instruction, input, output, prompt), or set dataset.hub_repo=<a dataset "
     "repository laid out as <benchmark>/<split>.jsonl>. `uinst-short` is a different, short-answer slice "
     "and is never used in its place; ask for it by its own name for smoke runs only."
 )
@@ -96,6 +93,19 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256_cached(path: str | os.PathLike) -> str:
+    """file_sha256, computed once per (path, size, modification time) in a process (a sweep hashes the same
+    files for every row)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = file_sha256(path)
+    return _SHA_CACHE[key]
+
+
 def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     """The data directory: ``root`` if given, else ``$ADAKD_DATA_DIR``; an error says how to set it."""
     origin = "root argument (dataset.root)"
@@ -105,8 +115,8 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
         raise DataError(
             "no benchmark data directory: pass root=... (config key dataset.root) or "
             f"`export {ENV_DATA_DIR}=/path/to/data`, a folder laid out as <benchmark>/<split>.jsonl like "
-            "../shared/data; on a machine with internet a Hugging Face dataset repository can be given "
-            "as hub_repo instead"
+            "../shared/data; on a machine with internet a Hugging Face dataset repository with that layout "
+            "can be given instead (dataset.hub_repo=<owner/name>)"
         )
     path = Path(root).expanduser()
     if not path.is_dir():
@@ -189,14 +199,18 @@ def read_examples(path: str | os.PathLike, *, benchmark: str = "", split: str = 
     """
     path = Path(path)
     source = SourceFile(benchmark=benchmark or path.parent.name, split=split, path=str(path),
-                        sha256=file_sha256(path))
+                        sha256=file_sha256_cached(path))
     examples: list[Example] = []
     first_mismatch = None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:   # decoded line by line, so a bad byte is reported with its line
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}, line {lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
             if not line.strip():
                 continue   # a trailing blank line is not a record
-            where = f"{path}, line {lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:

@@ -19,7 +19,7 @@ from ..data.example import Example
 from ..data.prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT, apply_chat_template
 from ..io import atomic_write_jsonl
 from ..schema.evaluation import EvalConfig
-from .generation import generate
+from .generation import encode_prompts, generate
 from .rouge import rouge_l_scores
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -80,6 +80,22 @@ def protocol_record(cfg: EvalConfig, *, model_info: dict | None = None,
     }
 
 
+def model_prompts(tokenizer: Any, examples: Sequence[Example], cfg: EvalConfig) -> list[str]:
+    """The prompts as the model is given them: the file's Alpaca prompt, in the chat template if asked."""
+    prompts = [ex.prompt for ex in examples]
+    if cfg.chat_template:
+        prompts = [apply_chat_template(tokenizer, p) for p in prompts]
+    return prompts
+
+
+def prompt_token_lengths(tokenizer: Any, benchmarks: Mapping[str, Sequence[Example]], cfg: EvalConfig
+                         ) -> dict[str, list[int]]:
+    """{benchmark: each prompt's length in tokens as generation sees it (cut to eval.max_prompt_len)}."""
+    return {name: [len(ids) for ids in encode_prompts(tokenizer, model_prompts(tokenizer, exs, cfg), cfg.max_prompt_len,
+                                                      cfg.prompt_truncation, not cfg.chat_template)]
+            for name, exs in benchmarks.items()}
+
+
 def evaluate_model(model: Any, tokenizer: Any, benchmarks: Mapping[str, Sequence[Example]], cfg: EvalConfig,
                    out_dir: str | Path, *, device: str = "cpu", model_info: dict | None = None,
                    data_files: dict | None = None, progress: bool = True) -> dict[str, Any]:
@@ -110,9 +126,7 @@ def evaluate_model(model: Any, tokenizer: Any, benchmarks: Mapping[str, Sequence
     results: dict[str, Any] = {}
     try:
         for bench, examples in selected.items():
-            prompts = [ex.prompt for ex in examples]
-            if cfg.chat_template:
-                prompts = [apply_chat_template(tokenizer, p) for p in prompts]
+            prompts = model_prompts(tokenizer, examples, cfg)
             keys = [ex.id or f"{bench}:{i}" for i, ex in enumerate(examples)]
             refs = [ex.references for ex in examples]
             rows, per_seed = [], []

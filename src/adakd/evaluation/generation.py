@@ -44,7 +44,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def _encode_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_len: int, side: str,
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], max_prompt_len: int, side: str,
                     add_special_tokens: bool) -> list[list[int]]:
     fallback = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     out = []
@@ -135,8 +135,10 @@ def max_positions(model: Any) -> int | None:
 
 @torch.no_grad()
 def _generate_batch(model: Any, batch: list[list[int]], keys: list[str], *, seed: int, pad_id: int,
-                    eos: set[int], max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                    eos: set[int], caps: list[int], temperature: float, top_k: int, top_p: float,
                     no_repeat_ngram_size: int, device: torch.device, params: set[str]) -> list[list[int]]:
+    """`caps`: each row's most new tokens (its own room in the model's positions, at most max_new_tokens), so
+    a row's output never depends on the length of the other prompts in its batch."""
     use_pos = "position_ids" in params
     cache_kw = "cache" if "cache" in params else "past_key_values"
     n, width = len(batch), max(len(ids) for ids in batch)
@@ -164,6 +166,7 @@ def _generate_batch(model: Any, batch: list[list[int]], keys: list[str], *, seed
     next_pos = positions[:, -1:] + 1
     can_prune = hasattr(past, "batch_select_indices")
 
+    max_new_tokens = max(caps)
     for step in range(max_new_tokens):
         rows_gens = [gens[r] for r in alive]
         rows_ngrams = [ngrams[r] for r in alive] if ngrams is not None else None
@@ -178,6 +181,9 @@ def _generate_batch(model: Any, batch: list[list[int]], keys: list[str], *, seed
             out_tokens[row].append(tok)
             if ngrams is not None:
                 ngrams[row].push(tok)
+            if len(out_tokens[row]) >= caps[row]:   # out of room (or of budget): ends like an EOS, kept out
+                done.add(row)
+                continue
             keep.append(j)
         if not keep or step == max_new_tokens - 1:
             break
@@ -208,7 +214,7 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[str], keys: Seque
         raise ValueError("batch_size and max_prompt_len must be >= 1, max_new_tokens >= 0")
     if not prompts or max_new_tokens == 0:
         return [[] for _ in prompts]
-    encoded = _encode_prompts(tokenizer, prompts, max_prompt_len, prompt_truncation, add_special_tokens)
+    encoded = encode_prompts(tokenizer, prompts, max_prompt_len, prompt_truncation, add_special_tokens)
     return generate_from_ids(model, tokenizer, encoded, keys, seed=seed, max_new_tokens=max_new_tokens,
                              temperature=temperature, top_k=top_k, top_p=top_p,
                              no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size,
@@ -237,11 +243,15 @@ def generate_from_ids(model: Any, tokenizer: Any, encoded: Sequence[Sequence[int
     params = _forward_params(model)
 
     limit = max_positions(model)
-    longest = max(len(ids) for ids in encoded)
-    if limit is not None and longest + max_new_tokens > limit:
-        warnings.warn(f"prompt ({longest}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                      f"{limit} positions; generation is cut at {limit - longest} new tokens", stacklevel=2)
-        max_new_tokens = max(limit - longest, 0)
+    caps = [max_new_tokens if limit is None else min(max_new_tokens, limit - len(ids)) for ids in encoded]
+    if min(caps) < 1:
+        i = caps.index(min(caps))
+        raise ValueError(f"prompt {i} has {len(encoded[i])} tokens and the model takes {limit} positions: no room "
+                         "for a new token; cut prompts shorter (eval.max_prompt_len / dataset.max_prompt_len)")
+    cut = sum(c < max_new_tokens for c in caps)
+    if cut:
+        warnings.warn(f"{cut} of {len(caps)} prompts leave fewer than max_new_tokens={max_new_tokens} positions "
+                      f"of the model's {limit}: their generations stop where the positions end", stacklevel=2)
 
     # Longest prompts first: least padding per batch, and an out-of-memory shows up at once.
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
@@ -254,7 +264,7 @@ def generate_from_ids(model: Any, tokenizer: Any, encoded: Sequence[Sequence[int
         for idx in batches:
             outs = _generate_batch(
                 model, [encoded[i] for i in idx], [str(keys[i]) for i in idx], seed=seed, pad_id=pad_id,
-                eos=eos, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                eos=eos, caps=[caps[i] for i in idx], temperature=temperature, top_k=top_k, top_p=top_p,
                 no_repeat_ngram_size=no_repeat_ngram_size, device=device, params=params)
             for i, toks in zip(idx, outs):
                 results[i] = toks

@@ -19,15 +19,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import runinfo
 from ..build.context import Context
-from ..build.data import build_benchmarks, run_data
+from ..build.data import build_benchmarks, encoded_train, run_data
 from ..build.devices import pick_device
-from ..build.preflight import check_run
+from ..build.preflight import check_lengths, check_run
 from ..build.student import export_student, get_student
 from ..build.teacher import ensure_teacher, get_teacher
 from ..build.tokenizer import get_tokenizer
 from ..build.trainer import build_trainer
-from ..evaluation.evaluate import evaluate_model
-from ..io import atomic_write_json, atomic_write_text, read_json
+from ..evaluation.evaluate import evaluate_model, prompt_token_lengths
+from ..data.benchmarks import file_sha256_cached
+from ..errors import ConfigError
+from ..io import atomic_write_json, atomic_write_text, hold_directory, read_json
 from ..models import save_model
 from ..tracking import NullLogger, make_logger
 from ..training import distributed
@@ -76,34 +78,83 @@ def run(cfg: DictConfig, ctx: Optional[Context] = None) -> Dict[str, Any]:
 
 
 def run_job(job: Job, ctx: Context) -> Dict[str, Any]:
-    """A finished run is read back; an unfinished one is executed (resuming its last checkpoint)."""
+    """A finished run is read back; an unfinished one is executed (resuming its last checkpoint). The run
+    directory is held by this process meanwhile (rank 0 under torchrun): a second process refuses at once."""
+    if not distributed.info().is_main:
+        return _run_or_reuse(job, ctx)
+    with hold_directory(job.run_dir):
+        return _run_or_reuse(job, ctx)
+
+
+def _run_or_reuse(job: Job, ctx: Context) -> Dict[str, Any]:
+    reuse = False
+    if distributed.info().is_main and is_finished(job.run_dir):
+        metrics = read_json(job.run_dir / "metrics.json")
+        check_thread_count(job, metrics.get("run", {}).get("cpu_threads"))
+        changed = changed_benchmark_files(metrics)
+        if changed:
+            log.warning("benchmark file(s) changed since %s was evaluated: %s; evaluating again", job.run_dir,
+                        ", ".join(changed))
+        reuse = not changed
     # Under torchrun rank 0 decides (a rank must not skip a run whose collectives the others enter).
-    if distributed.broadcast_object(is_finished(job.run_dir)):
+    if distributed.broadcast_object(reuse):
         log.info("finished run found, skipping: %s", job.run_dir)
         return read_json(job.run_dir / "metrics.json")
     return execute(job, ctx)
+
+
+def cpu_threads(cfg: DictConfig) -> Optional[int]:
+    """The torch CPU thread count a job runs with (None on CUDA, where the count does not change results)."""
+    if str(cfg.train.device).startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()):
+        return None
+    return int(cfg.train.threads) if cfg.train.threads else torch.get_num_threads()
+
+
+def check_thread_count(job: Job, recorded: Optional[int]) -> None:
+    """On a CPU the thread count changes the order of float reductions, hence the trained weights and the
+    samples: a run computed with one count is not reused (or resumed) with another."""
+    now = cpu_threads(job.cfg)
+    if recorded is not None and now is not None and int(recorded) != now:
+        raise ConfigError(f"{job.run_dir} was computed with {recorded} CPU thread(s) and this process would use "
+                          f"{now}: results depend on the thread count, so it is not reused. Pass "
+                          f"train.threads={recorded} to use it, or another run.output_root to compute it again")
+
+
+def changed_benchmark_files(metrics: Dict[str, Any]) -> list:
+    """The benchmark files whose content differs from what a finished run recorded (missing ones count)."""
+    changed = []
+    for bench, files in (metrics.get("protocol", {}).get("data_files") or {}).items():
+        for f in files if isinstance(files, list) else []:
+            path = Path(f.get("path", ""))
+            if not path.is_file() or file_sha256_cached(path) != f.get("sha256"):
+                changed.append(f"{bench} ({path})")
+    return changed
 
 
 def execute(job: Job, ctx: Context) -> Dict[str, Any]:
     cfg, task, run_dir = job.cfg, job.task, job.run_dir
     dist = distributed.info()
     t_start = time.time()
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        runinfo.write_run_info(run_dir, cfg)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     device = dist.device if dist.enabled else pick_device(cfg.train.device)
     seed_everything(int(cfg.train.seed))
 
-    # Data first: malformed files fail here, before any model is built.
+    # Data first: malformed files fail here, before any model is built and before anything is written.
     data = run_data(cfg, ctx)
     benchmarks, data_files = build_benchmarks(cfg, data)
     tokenizer = get_tokenizer(cfg, data, ctx, roles=task.roles)
+    does = {"trains": task.trains, "distils": task.distils, "evaluates_teacher": task.evaluates == "teacher"}
+    # every sequence of the run vs the positions of the models that see it, from their configs alone
+    trains_a_model = task.trains or (task.uses_teacher(cfg) and bool(cfg.model.teacher.finetune))
+    train_lengths = [len(e["input_ids"]) for e in encoded_train(cfg, tokenizer, data, ctx)] if trains_a_model else []
+    check_lengths(cfg, tokenizer, train_lengths, prompt_token_lengths(tokenizer, benchmarks, cfg.eval), **does)
     if cfg.train.preflight:   # memory needed vs the device's, from the model configs alone: before any weights
-        check_run(cfg, tokenizer, device, world_size=dist.world_size, trains=task.trains, distils=task.distils,
-                  evaluates_teacher=task.evaluates == "teacher")
+        check_run(cfg, tokenizer, device, world_size=dist.world_size, **does)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        runinfo.write_run_info(run_dir, cfg)
     if dist.enabled:
         # A teacher still to be fine-tuned is trained by all ranks together (and cached), before any task
         # that runs on rank 0 alone needs it.
@@ -138,7 +189,8 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
             "avg": results["avg"],
             "protocol": results.get("protocol", {}),
             "run": {"name": task.run_name(cfg), "dir": str(run_dir), "task": task.name, "stage": cfg.run.stage,
-                    "method": cfg.method.name, "adakd": adakd_label(cfg), "eval_seconds": round(eval_seconds, 2),
+                    "method": cfg.method.name, "adakd": adakd_label(cfg), "cpu_threads": cpu_threads(cfg),
+                    "eval_seconds": round(eval_seconds, 2),
                     "total_seconds": round(time.time() - t_start, 2), **train_summary},
         }
         atomic_write_json(run_dir / "metrics.json", metrics)

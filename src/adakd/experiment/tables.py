@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..errors import ConfigError
 from .config_store import register_configs
 from .tasks import BASELINE_LABELS, is_finished, run_dir_for
 
@@ -35,7 +36,7 @@ def override_key(override: str) -> str:
 def row_overrides(table: Any, row: str) -> List[str]:
     rows = table.get("rows") or {}
     if row not in rows:
-        raise ValueError(f"table.row={row!r} is not a row of this table; rows: {list(rows)}")
+        raise ConfigError(f"table.row={row!r} is not a row of this table; rows: {list(rows)}")
     return [str(o) for o in (rows[row].get("overrides") or [])]
 
 

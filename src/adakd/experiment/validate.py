@@ -1,16 +1,21 @@
 """Config checks that run before any data or model is loaded: a bad setting costs seconds, not an hour.
 
-Types and unknown keys are already refused by the structured schema at composition; here are the
-checks of values: names that must be in a registry, ranges, and settings that must agree.
+Types, and unknown keys without `+`, are refused by the structured schema at composition. Here: keys added
+with `+` that the schema does not know (they would be ignored), keys of the free-form sections (a GPT-2
+`arch`, a teacher's `finetune`), names that must be in a registry (each list read from the module that
+defines it), ranges, and settings that must agree. Every problem is reported at once, one line each.
 """
 from __future__ import annotations
 
+import difflib
 import re
-from typing import List
+from typing import Any, List
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from transformers import GPT2Config
 
 from ..data.prompts import OVERLONG_POLICIES
+from ..errors import ConfigError
 from ..kd.adaptive.difficulty import METRICS
 from ..kd.adaptive.ratio import SCHEDULES as RATIO_SCHEDULES
 from ..kd.adaptive.temperature import DIRECTIONS, TEMPERATURES
@@ -22,11 +27,20 @@ from ..models.lora import KEYS as LORA_KEYS
 from ..training.loop import NONFINITE_POLICIES
 from ..training.recipes import ON_POLICY, RECIPES, check_recipe_params
 from ..training.schedule import LR_SCHEDULES
+from ..build.construct import SOURCES
+from ..build.devices import PRECISIONS
+from ..evaluation.generation import TRUNCATION_SIDES
+from ..schema import RunConfig, TrainConfig
 from .tasks import BASELINES, STAGES
 
-
-class ConfigError(ValueError):
-    pass
+DEVICE = r"auto|cpu|cuda(:\d+)?"
+RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}"   # one path component, no traversal, short enough for any disk
+# Sections whose keys are free in the schema (Dict[str, Any]) and checked elsewhere: the divergence's and the
+# recipe's parameters by their owners, LoRA here (_scale), arch and finetune below, the table by the sweep.
+FREE_SECTIONS = ("model.teacher.arch", "model.student.arch", "model.teacher.lora", "model.student.lora",
+                 "model.teacher.finetune", "model.student.finetune", "method.params", "method.recipe_params",
+                 "table")
+GPT2_FIELDS = sorted(set(GPT2Config().to_dict()) | {"type"})
 
 
 def _choice(errors: List[str], key: str, value, valid) -> None:
@@ -46,8 +60,27 @@ def _range(errors: List[str], key: str, value, lo=None, hi=None, lo_open=False, 
                       f"{hi if hi is not None else 'inf'}{rb}")
 
 
+def _unknown(errors: List[str], key: str, given, valid) -> None:
+    for k in sorted(set(given) - set(valid)):
+        near = difflib.get_close_matches(str(k), list(valid), n=1)
+        hint = f"; did you mean {near[0]}?" if near else f"; valid: {sorted(valid)}"
+        errors.append(f"{key + '.' if key else ''}{k} is not a setting (it would be ignored){hint}")
+
+
+def _schema_keys(errors: List[str], node: Any, schema: Any, path: str) -> None:
+    """Keys of the composed config that the schema does not have (e.g. `+train.lrr=1`)."""
+    if not isinstance(node, dict) or not isinstance(schema, dict) or path in FREE_SECTIONS:
+        return
+    _unknown(errors, path, node, schema)
+    for k, v in node.items():
+        if k in schema:
+            _schema_keys(errors, v, schema[k], f"{path}.{k}" if path else str(k))
+
+
 def validate_config(cfg: DictConfig) -> None:
     e: List[str] = []
+    _schema_keys(e, OmegaConf.to_container(cfg, resolve=False),
+                 OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False), "")
     _choice(e, "run.stage", cfg.run.stage, STAGES)
     for b in cfg.run.baselines:
         _choice(e, "run.baselines[]", b, BASELINES)
@@ -82,9 +115,20 @@ def validate_config(cfg: DictConfig) -> None:
     _range(e, "train.steps", t.steps, 1, None)
     _range(e, "train.epochs", t.epochs, 0.0, None, lo_open=True)
     _range(e, "train.loss_chunk_size", t.loss_chunk_size, 1, None)
-    if t.global_batch % t.micro_batch:
+    if t.micro_batch >= 1 and t.global_batch % t.micro_batch:
         e.append(f"train.global_batch={t.global_batch} is not divisible by train.micro_batch={t.micro_batch}")
+    for key, lo in (("min_lr", 0), ("weight_decay", 0), ("warmup_steps", 0), ("grad_clip", 0), ("ckpt_every", 0),
+                    ("keep_last", 1), ("log_every", 1), ("val_every", 0), ("max_nonfinite_skips", 0),
+                    ("threads", 1)):
+        _range(e, f"train.{key}", t[key], lo, None)
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        e.append(f"train.betas={list(t.betas)} must be two numbers in [0, 1)")
+    _choice(e, "train.precision", t.precision, PRECISIONS)
+    if not re.fullmatch(DEVICE, str(t.device)):
+        e.append(f"train.device={t.device!r} is not valid; use auto, cpu, cuda or cuda:N")
     _choice(e, "dataset.overlong", d.overlong, OVERLONG_POLICIES)
+    for key in ("n_train", "n_dev", "n_test", "val_size", "max_train_samples"):
+        _range(e, f"dataset.{key}", d[key], 1, None)
     if not 0 < d.max_prompt_len < d.max_len:
         e.append(f"need 0 < dataset.max_prompt_len < dataset.max_len, got {d.max_prompt_len}, {d.max_len}")
     if not ev.seeds:
@@ -96,6 +140,17 @@ def validate_config(cfg: DictConfig) -> None:
     _range(e, "eval.top_p", ev.top_p, 0.0, 1.0, lo_open=True)
     _range(e, "eval.top_k", ev.top_k, 0, None)
     _range(e, "eval.max_samples", ev.max_samples, 1, None)
+    _range(e, "eval.batch_size", ev.batch_size, 1, None)
+    _range(e, "eval.max_prompt_len", ev.max_prompt_len, 1, None)
+    _range(e, "eval.no_repeat_ngram_size", ev.no_repeat_ngram_size, 0, None)
+    _choice(e, "eval.prompt_truncation", ev.prompt_truncation, TRUNCATION_SIDES)
+    _range(e, "adakd.telemetry_every", a.telemetry_every, 0, None)
+    _range(e, "adakd.ctkd_ramp_frac", a.ctkd_ramp_frac, 0.0, 1.0)
+    _range(e, "adakd.ctkd_tau_min", a.ctkd_tau_min, 0.0, None, lo_open=True)
+    name = cfg.run.name
+    if name is not None and (not re.fullmatch(RUN_NAME, str(name)) or ".." in str(name)):
+        e.append(f"run.name={name!r} must be one plain name (letters, digits, . _ + = -; at most 100 characters; "
+                 "no slashes or '..'): run directories are <run.output_root>/runs/<name>-<hash>")
     _model_paths(e, cfg.model)
     _scale(e, cfg)
     _recipe(e, cfg)
@@ -133,9 +188,11 @@ def _scale(errors: List[str], cfg: DictConfig) -> None:
             elif (spec.get("keep_layers") is None) == (spec.get("every_k") is None):
                 errors.append("model.student.source=pruned needs exactly one of model.student.keep_layers "
                               "(block indices) or model.student.every_k (keep blocks 0, k, 2k, ...)")
-        unknown = sorted(set(spec.get("lora") or {}) - set(LORA_KEYS))
-        if unknown:
-            errors.append(f"model.{role}.lora has unknown key(s) {unknown}; valid: {sorted(LORA_KEYS)}")
+        _choice(errors, f"model.{role}.source", spec.get("source"), SOURCES)
+        _unknown(errors, f"model.{role}.lora", spec.get("lora") or {}, LORA_KEYS)
+        if spec.get("source") == "scratch":
+            _unknown(errors, f"model.{role}.arch", spec.get("arch") or {}, GPT2_FIELDS)
+        _unknown(errors, f"model.{role}.finetune", spec.get("finetune") or {}, list(TrainConfig.__dataclass_fields__))
         dev = spec.get("device")
         if dev and not re.fullmatch(r"cpu|cuda(:\d+)?", str(dev)):
             errors.append(f"model.{role}.device={dev!r}: use cpu, cuda or cuda:N")

@@ -15,11 +15,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
+from ..errors import ModelLoadError
+
 log = logging.getLogger(__name__)
-
-
-class ModelLoadError(ValueError):
-    pass
 
 
 def check_local_or_hub(path: str) -> None:

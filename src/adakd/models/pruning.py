@@ -14,6 +14,8 @@ from typing import List, Optional, Sequence, Tuple
 
 from torch import nn
 
+from ..errors import UserError
+
 # Where the block list lives, relative to the model (tried in order).
 LAYER_PATHS = ("transformer.h", "model.layers", "model.decoder.layers", "gpt_neox.layers", "transformer.layers",
                "transformer.blocks", "layers", "h")
@@ -21,7 +23,7 @@ LAYER_PATHS = ("transformer.h", "model.layers", "model.decoder.layers", "gpt_neo
 PER_LAYER_CONFIG_KEYS = ("layer_types",)
 
 
-class PruningError(ValueError):
+class PruningError(UserError, ValueError):
     pass
 
 

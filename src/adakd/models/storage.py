@@ -16,18 +16,28 @@ from .loading import ModelLoadError
 
 
 def save_dir_atomically(out_dir: Path, write) -> None:
-    """write(tmp_dir) into a temp dir beside out_dir, then rename it into place."""
+    """write(tmp_dir) into a temp dir beside out_dir, then rename it into place.
+
+    An existing out_dir is first renamed aside (`.<name>.old`) and deleted only once the new one is in place,
+    so at every moment one complete version exists on disk; an interrupted replacement is undone on the next
+    call (the old version is renamed back before anything else happens)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    old = out_dir.parent / f".{out_dir.name}.old"
+    if old.exists() and not out_dir.exists():   # a replacement was interrupted between its two renames
+        os.replace(old, out_dir)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         write(str(tmp))
         os.chmod(tmp, 0o777 & ~_umask())
+        if old.exists():
+            shutil.rmtree(old)
         if out_dir.exists():
-            shutil.rmtree(out_dir)
+            os.replace(out_dir, old)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _umask() -> int:

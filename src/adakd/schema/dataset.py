@@ -10,6 +10,8 @@ class DatasetConfig:
     name: str = "synthetic"
     # Local data directory with the layout of ../shared/data; null -> $ADAKD_DATA_DIR.
     root: Optional[str] = None
+    # With neither root nor $ADAKD_DATA_DIR: a Hugging Face dataset repository with the same layout (online).
+    hub_repo: Optional[str] = None
     train_split: str = "train"
     # Synthetic task family sizes (dataset=synthetic only).
     n_train: int = 20000

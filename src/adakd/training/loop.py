@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from ..io import append_jsonl
 from ..kd.objective import HiddenStates
 from ..models import lm_parts
@@ -118,6 +119,7 @@ class Trainer:
             "last_loss": self.last_loss,
             "optimizer": optimizer_state, "scheduler": self.scheduler.state_dict(),
             "fsdp": self.fsdp,              # the optimizer state's layout (full, by name) under FSDP
+            "cpu_threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "objective": self.objective.state_dict() if self.objective is not None else {},
             "batch_source": self.batch_source.state_dict() if hasattr(self.batch_source, "state_dict") else {},
             "rng": rng_ranks[0],            # rank 0 (and single-process runs)
@@ -125,6 +127,11 @@ class Trainer:
         }
 
     def load_state(self, st: Dict[str, Any]) -> None:
+        threads = st.get("cpu_threads")
+        if threads is not None and self.device.type == "cpu" and threads != torch.get_num_threads():
+            # float reductions run in another order: the resumed run would not match an uninterrupted one
+            raise ConfigError(f"the checkpoint in {self.ckpt_dir} was written with {threads} CPU thread(s), this "
+                              f"process uses {torch.get_num_threads()}: resume with train.threads={threads}")
         self.step, self.position, self.skipped = st["step"], st["position"], st.get("skipped", 0)
         self.last_loss = float(st.get("last_loss", float("nan")))
         if bool(st.get("fsdp", False)) != self.fsdp:
