@@ -16,7 +16,7 @@ SCALE ?= cpu
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run smoke test test-unit test-all lint bench teacher models reproduce-table gpu-check clean
+.PHONY: help install run smoke test test-unit test-all lint bench bench-peers teacher models reproduce-table gpu-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -48,11 +48,11 @@ test-all: install ## every test, slow ones included
 lint: install ## ruff
 	$(VENV)/bin/ruff check src tests
 
-bench: install ## performance benchmarks (JSON to outputs/bench/)
-	mkdir -p outputs/bench
-	$(PY) -m adakd.bench.loss --json | tee outputs/bench/loss.json
-	ADAKD_DATA_DIR=$(DATA) $(PY) -m adakd.bench.generate --json | tee outputs/bench/generate.json
-	ADAKD_DATA_DIR=$(DATA) $(PY) -m adakd.bench.teacher_cache --json | tee outputs/bench/teacher_cache.json
+bench: install ## every performance benchmark (one JSON with every ratio: outputs/bench/bench.json); QUICK=1 for ~2 min
+	$(PY) -m adakd.bench.all $(if $(QUICK),--quick --out outputs/bench/bench-quick.json) $(ARGS)
+
+bench-peers: install ## install the peers the benchmark compares with (liger-kernel, trl, torchtune; torch stays pinned)
+	$(PY) -m pip install -q -e ".[bench]" "$(TORCH_SPEC)"
 
 teacher: install ## rebuild the shipped synthetic teacher with the project's own recipe
 	$(PY) -m adakd.experiment.assets

@@ -259,11 +259,13 @@ def test_distillm_state_round_trip_continues_identically(tok, student, teacher, 
     assert {k for k, _ in rest} & {"fresh", "replay"}
 
 
-def test_distillm_validation_loss_is_the_plain_divergence_on_dev(tok, student, teacher, examples):
+def test_distillm_validation_losses_kd_and_ce_as_released(tok, student, teacher, examples):
+    """kd: the plain divergence, token-weighted; ce (the default): the mean of per-batch mean CEs, as the
+    released code averages its dev loss (so batches of different token counts weigh the same)."""
     from adakd.kd.losses import per_token
     from adakd.training.forward import response_positions
 
-    src = _distillm(tok, student, teacher, examples, dev=examples[:5], val_batch=2)
+    src = _distillm(tok, student, teacher, examples, dev=examples[:5], val_batch=2, val_loss="kd")
     got = src.validation_loss(fake_trainer())
     b = collate_train(examples[:5], tok.pad_token_id)
     _, mask = response_positions(b["labels"])
@@ -271,9 +273,17 @@ def test_distillm_validation_loss_is_the_plain_divergence_on_dev(tok, student, t
         s = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1][mask]
         t = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1][mask]
     assert got == pytest.approx(float(per_token("srkl", s, t, alpha=0.1).mean()), rel=1e-5)
-    ce = _distillm(tok, student, teacher, examples, dev=examples[:5], val_loss="ce").validation_loss(fake_trainer())
-    tgt = response_positions(b["labels"])[0][mask]
-    assert ce == pytest.approx(float(torch.nn.functional.cross_entropy(s, tgt)), rel=1e-5)
+    ce = _distillm(tok, student, teacher, examples, dev=examples[:5], val_batch=2).validation_loss(fake_trainer())
+    batch_means = []
+    for lo in range(0, 5, 2):
+        bb = collate_train(examples[:5][lo:lo + 2], tok.pad_token_id)
+        targets, m = response_positions(bb["labels"])
+        with torch.no_grad():
+            logits = student(input_ids=bb["input_ids"], attention_mask=bb["attention_mask"]).logits[:, :-1][m]
+        batch_means.append(float(torch.nn.functional.cross_entropy(logits, targets[m])))
+    assert ce == pytest.approx(sum(batch_means) / len(batch_means), rel=1e-5)
+    token_weighted = float(torch.nn.functional.cross_entropy(s, response_positions(b["labels"])[0][mask]))
+    assert ce != pytest.approx(token_weighted, rel=1e-6)   # the two averages differ here
 
 
 def test_fresh_fraction_schedules():

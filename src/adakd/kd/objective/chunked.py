@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from ..losses import Divergence
-from .rows import Chunk, HiddenRows
+from .chunks import Chunk
+from .rows import HiddenRows
 from .token_values import token_values, values_and_grads
 
 

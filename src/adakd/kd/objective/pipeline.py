@@ -21,7 +21,7 @@ from ..adaptive.difficulty import DifficultyMetric
 from ..adaptive.temperature import TemperaturePolicy
 from ..losses import Divergence
 from .chunked import ChunkedLogitsLoss, FusedHiddenLoss, Plan
-from .rows import Chunk, split_chunks
+from .chunks import Chunk, split_chunks
 from .token_values import scaled, token_values
 
 STAT_KEYS = (
@@ -54,9 +54,14 @@ def score_chunked(
     if not metric.uses_logits:
         return metric.constant(idx_valid.numel(), src.device, src.dtype)
     scores = torch.empty(idx_valid.numel(), dtype=src.dtype, device=src.device)
+    cache = getattr(src, "cache", None)  # fused path: keep the hardest tokens' logits for pass 2
     for ch in split_chunks(idx_valid, chunk_size):
         stop = ch.start + ch.index.numel()
-        scores[ch.start : stop] = metric.rows(src.student(ch), src.teacher(ch), labels_valid[ch.start : stop])
+        s_rows, t_rows = src.student(ch), src.teacher(ch)
+        chunk_scores = metric.rows(s_rows, t_rows, labels_valid[ch.start : stop])  # leaves its inputs intact
+        scores[ch.start : stop] = chunk_scores
+        if cache is not None:
+            cache.offer(ch.index, (s_rows, t_rows), chunk_scores)
     return scores
 
 
@@ -135,6 +140,8 @@ def run_pipeline(
                 else metric.constant(n, src.device, src.dtype)
             )
         else:
+            if fused and metric.uses_logits:
+                src.start_cache(k)
             scores = score_chunked(metric, src, idx_valid, labels_valid, chunk_size)
 
     kept_local = select_tokens(scores, k) if k < n else torch.arange(n, device=idx_valid.device)

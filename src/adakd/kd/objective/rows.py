@@ -10,8 +10,7 @@ rows are private copies the caller may overwrite), `dtype` (the compute dtype) a
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -19,37 +18,8 @@ from torch import Tensor
 
 from ..losses import compute_dtype
 from ..losses.sparse import dense_teacher
-
-
-@dataclass
-class Chunk:
-    index: Tensor  # flat token indices [c] (ascending)
-    start: int  # position of the chunk in the index list
-    span: Optional[Tuple[int, int]]  # (lo, hi) when the indices are one contiguous run
-
-
-def split_chunks(index: Tensor, chunk_size: int) -> List[Chunk]:
-    index_cpu = index.cpu()
-    out = []
-    for start in range(0, index.numel(), chunk_size):
-        stop = min(start + chunk_size, index.numel())
-        lo, hi = int(index_cpu[start]), int(index_cpu[stop - 1]) + 1
-        span = (lo, hi) if hi - lo == stop - start else None
-        out.append(Chunk(index[start:stop], start, span))
-    return out
-
-
-def take(x: Tensor, ch: Chunk) -> Tensor:
-    # A contiguous run is a view (no copy); scattered rows are gathered.
-    return x[ch.span[0] : ch.span[1]] if ch.span is not None else x.index_select(0, ch.index)
-
-
-def flat_view(x: Tensor) -> Optional[Tensor]:
-    """[..., V] as a [N, V] view, or None where that needs a copy (e.g. logits[:, :-1])."""
-    try:
-        return x.view(-1, x.shape[-1])
-    except RuntimeError:
-        return None
+from .chunks import Chunk, flat_view, take
+from .logit_cache import LogitCache
 
 
 class LogitRows:
@@ -127,6 +97,7 @@ class HiddenRows:
         wt: Tensor,
         bt: Optional[Tensor],
         vocab: int,
+        cache_bytes: float = 0.0,
     ):
         self.hs = hs.reshape(-1, hs.shape[-1])
         self.ws, self.bs = ws[:vocab], (None if bs is None else bs[:vocab])
@@ -135,22 +106,38 @@ class HiddenRows:
         self.v = vocab
         self.dtype = compute_dtype(self.hs, self.ws, self.ht, self.wt)
         self.device = self.hs.device
+        self.cache_bytes = cache_bytes
+        self.cache: Optional[LogitCache] = None
 
     def owned(self, ch: Chunk) -> Tuple[bool, bool]:
-        return True, True  # logits are computed per chunk
+        return True, True  # logits are computed per chunk (or copied out of the cache)
 
     def student_hidden(self, ch: Chunk) -> Tensor:
         return take(self.hs.detach(), ch)
 
-    def student(self, ch: Chunk) -> Tensor:
+    def _student(self, ch: Chunk) -> Tensor:
         with torch.no_grad():
             return F.linear(
                 self.student_hidden(ch), self.ws.detach(), None if self.bs is None else self.bs.detach()
             )
 
-    def teacher(self, ch: Chunk) -> Tensor:
+    def _teacher(self, ch: Chunk) -> Tensor:
         with torch.no_grad():
             return F.linear(take(self.ht, ch), self.wt, self.bt)
+
+    def student(self, ch: Chunk) -> Tensor:
+        return self._student(ch) if self.cache is None else self.cache.rows(0, ch, self._student)
+
+    def teacher(self, ch: Chunk) -> Tensor:
+        return self._teacher(ch) if self.cache is None else self.cache.rows(1, ch, self._teacher)
+
+    def start_cache(self, n_kept: int) -> None:
+        """Before pass 1: room for the logits of up to n_kept tokens, within `cache_bytes`."""
+        per_token = self.v * (self.hs.element_size() + self.ht.element_size())
+        slots = min(n_kept, int(self.cache_bytes // per_token))
+        if slots > 0:
+            dtypes = (self.hs.dtype, self.ht.dtype)  # what F.linear returns: the rows are kept as computed
+            self.cache = LogitCache(slots, self.hs.shape[0], self.v, dtypes, self.device)
 
 
 

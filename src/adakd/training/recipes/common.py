@@ -24,7 +24,7 @@ SAMPLING_PARAMS: dict[str, Any] = {
     "temperature": 1.0,
     "top_k": 0,                # 0: no top-k filter
     "top_p": 1.0,              # 1: no nucleus filter
-    "max_new_tokens": None,    # None: up to dataset.max_len - the prompt's length
+    "max_new_tokens": 256,     # as the released sampler (512 - 256); never past dataset.max_len. None: up to it
     "gen_batch_size": None,    # None: train.micro_batch
 }
 

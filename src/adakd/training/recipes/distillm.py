@@ -21,15 +21,19 @@ The schedule, exactly as the released code (jongwooko/distillm, finetune.py) doe
 - The replay buffer is FIFO with `replay_capacity` (1000) examples: once full, each new sample evicts the
   oldest (the code's deque(maxlen=capacity)).
 
-The validation loss. The released code uses the student's cross-entropy on the dev responses
-(`val_loss: ce`). The default here, `val_loss: kd`, is the method's plain base divergence (no LATF
-selection, tau = 1, so AdaKD's changing ratio does not move it) between student and teacher on the dev
-responses, token-weighted; `ce` reproduces the code. It runs as the trainer's on_step_end hook, outside
-the loss, in eval mode and without gradient; `val_samples` caps the dev examples used.
+The validation loss (`val_loss`). `ce`, the default, is the released code's: the student's cross-entropy on
+the dev responses, averaged as the mean of per-batch means (batches of train.micro_batch here). `kd` is a
+named alternative: the method's plain base divergence (no LATF selection, tau = 1, so AdaKD's changing ratio
+does not move it) between student and teacher on the dev responses, token-weighted. It runs as the trainer's
+on_step_end hook, outside the loss, in eval mode and without gradient; `val_samples` caps the dev examples.
 
-Divergence: conf/method/distillm.yaml uses srkl (alpha = 0.1); sfkl (alpha = 0.1) is the alternative
-(`method=distillm method.divergence=sfkl`; the released GPT-2 scripts use adaptive-sfkl). AdaKD wraps the
-token loss when adakd=full. The replay buffer, p, L_ref and the generator state are in the checkpoints.
+The "use student outputs now?" draws come from a generator per rank (the released code seeds each rank with
+seed + rank): the same expected fraction on every rank, independent decisions.
+
+Divergence: conf/method/distillm.yaml uses srkl, as the AdaKD authors' DistiLLM baseline does; sfkl is the
+alternative (`method=distillm method.divergence=sfkl`; DistiLLM's own GPT-2 scripts use it for the 0.1B
+student and srkl for the larger ones). AdaKD wraps the token loss when adakd=full. The replay buffer, p,
+L_ref and the generator states are in the checkpoints.
 """
 from __future__ import annotations
 
@@ -38,11 +42,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ...kd.losses import build_divergence
-from ...kd.objective import shared_vocab
-from ..forward import head_logits, hidden_at, response_positions
+from ..validation import dev_losses
 from .base import BatchSource
 from .common import (
     SAMPLING_PARAMS,
@@ -68,7 +70,7 @@ PARAMS: dict[str, Any] = {
     "prob_max": 1.0,
     "val_loss_rise": 0.1,           # by at least this much over the reference
     "val_reference": "last_rise",   # last_rise (the released code) | previous (the previous evaluation)
-    "val_loss": "kd",               # kd: the plain base divergence on dev | ce: the student's CE (released code)
+    "val_loss": "ce",               # ce: the student's CE, mean of per-batch means (released) | kd: the base divergence
     "val_every": None,              # steps between validations; None: once per epoch; train.val_every wins
     "val_samples": 1000,            # dev examples used (None: all)
     "replay_ratio": "decreasing",   # share of p that samples fresh: decreasing (1 - step/total) | constant | increasing
@@ -198,7 +200,7 @@ class DistiLLMSource(BatchSource):
         self.val_batch, self.chunk_size = int(val_batch), int(chunk_size)
         self.sampling = sampling or Sampling()
         self.max_len = int(max_len)
-        self.generator = seeded_generator(self.seed, "distillm-decisions")
+        self.generator = seeded_generator(self.seed, f"distillm-decisions:r{rank}")   # ranks decide independently
         self.replay_generator = seeded_generator(self.seed, "distillm-replay")
         self.pad_id = pad_id_of(tokenizer)
         self.last_keys: list[str] = []
@@ -253,38 +255,25 @@ class DistiLLMSource(BatchSource):
 
     @torch.no_grad()
     def validation_loss(self, trainer) -> float:
-        """Token-weighted mean over the dev responses: the plain base divergence (kd) or the student CE."""
+        """`ce`: the student's CE on the dev responses, the mean of per-batch means (batches of val_batch), as
+        the released code averages it; `kd`: the plain base divergence to the teacher, token-weighted."""
         if not self.dev:
             raise ValueError("distillm needs a dev split for its validation loss (dataset has none)")
-        device = trainer.device
-        tdev = getattr(trainer, "teacher_device", device)
-        div = build_divergence(self.divergence, **self.div_params) if self.val_loss_kind == "kd" else None
-        student, teacher = self.student, self.teacher
+        kd = self.val_loss_kind == "kd"
+        student = self.student
         was_training = student.training
         student.eval()
-        total, count = 0.0, 0
         try:
-            for i in range(0, len(self.dev), self.val_batch):
-                b = {k: v.to(device) for k, v in collate(self.dev[i:i + self.val_batch], self.pad_id).items()}
-                targets, mask = response_positions(b["labels"])
-                tgt = targets[mask]
-                with trainer._autocast():
-                    h_s = hidden_at(student, b["input_ids"], b["attention_mask"], mask)
-                if div is not None:
-                    with trainer._autocast(tdev):
-                        h_t = hidden_at(teacher, b["input_ids"].to(tdev), b["attention_mask"].to(tdev), mask.to(tdev))
-                for lo in range(0, tgt.numel(), self.chunk_size):
-                    s = head_logits(student, h_s[lo:lo + self.chunk_size]).float()
-                    if div is None:
-                        total += float(F.cross_entropy(s, tgt[lo:lo + self.chunk_size], reduction="sum"))
-                    else:
-                        t = head_logits(teacher, h_t[lo:lo + self.chunk_size]).float().to(device)
-                        v = shared_vocab(s.shape[-1], t.shape[-1])
-                        total += float(div.per_token(s[:, :v], t[:, :v]).sum())
-                count += int(tgt.numel())
+            losses = dev_losses(student, self.teacher if kd else None,
+                                build_divergence(self.divergence, **self.div_params) if kd else None, self.dev,
+                                pad_id=self.pad_id, device=trainer.device,
+                                teacher_device=getattr(trainer, "teacher_device", trainer.device),
+                                autocast=trainer._autocast, batch_size=self.val_batch, chunk_size=self.chunk_size)
         finally:
             student.train(was_training)
-        return total / max(count, 1) if count else math.nan
+        if kd:
+            return losses["kd_sum"] / losses["tokens"] if losses["tokens"] else math.nan
+        return sum(losses["batch_ce"]) / len(losses["batch_ce"]) if losses["batch_ce"] else math.nan
 
     # -- state and logs --------------------------------------------------------------------------------
     def step_stats(self, trainer) -> dict[str, float]:

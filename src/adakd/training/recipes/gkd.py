@@ -1,8 +1,9 @@
 """GKD (Agarwal et al. 2024, "On-policy distillation of language models"): with probability lambda a
 training micro-batch is replaced by responses the CURRENT student samples for the same prompts.
 
-- The decision is made once per micro-batch with the recipe's own torch.Generator (seeded from
-  train.seed; its state is in the checkpoints), never the global RNG.
+- The decision is made once per micro-batch with the recipe's own torch.Generator, one per rank (seeded from
+  train.seed and the rank, as the released code seeds each rank with seed + rank; its state is in the
+  checkpoints), never the global RNG.
 - The samples come from adakd.evaluation.generation (batched, KV-cached, one random stream per example): the stream
   of row j of the c-th micro-batch this process has seen is (train.seed, "gkd:r<rank>:c<c>:<j>"), so a
   sample can be regenerated exactly (tests do) and a resumed run draws the same samples.
@@ -11,8 +12,8 @@ training micro-batch is replaced by responses the CURRENT student samples for th
 - The token loss is the method's (jsd, its default beta = 0.1; conf/method/gkd.yaml) wrapped by AdaKD when
   adakd=full: the data source stays GKD's, the loss becomes AdaKD's (docs/method.md section 5).
 
-The released DistiLLM code (which the AdaKD code builds on) runs GKD as "mixed-jsd": its on-policy samples
-go through a replay buffer first. Here they are used directly, as in the GKD paper.
+The samples are trained on directly, as the AdaKD authors' code runs GKD (and as the GKD paper describes);
+DistiLLM's own code ("mixed-jsd") pushes them into its replay buffer and trains on a random buffer batch.
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class GKDSource(BatchSource):
         self.seed, self.lam = int(seed), float(lam)
         self.sampling = sampling or Sampling()
         self.max_len = int(max_len)
-        self.generator = seeded_generator(self.seed, "gkd-decisions")
+        self.generator = seeded_generator(self.seed, f"gkd-decisions:r{rank}")   # ranks decide independently
         self.pad_id = pad_id_of(tokenizer)
         self.last_keys: list[str] = []           # the streams of the last on-policy micro-batch (tests)
         self.last_prompts: list[list[int]] = []

@@ -2,14 +2,14 @@
 generated for the training prompts, instead of the dataset's responses.
 
 - The responses are generated once and cached on disk under <output_root>/cache/seqkd/<key>/, the key
-  being a hash of the teacher recipe (pipeline.teacher_recipe_hash), the training prompts' token ids,
+  being a hash of the teacher (build.identity.teacher_key), the training prompts' token ids,
   dataset.max_len and the generation settings (sampling, seed). Every later run (any method on top, any
   train.seed, a sweep) reuses them.
 - Each prompt's random stream is (recipe_params.seed, "seqkd:<hash of its prompt ids>:<occurrence>"), so
   a sample does not depend on the dataset order or the batch it was generated in.
-- Loss: method.kd_ratio = 0 (conf/method/seqkd.yaml) is the classic SeqKD, cross-entropy on the teacher's
-  responses; with kd_ratio > 0 the method's divergence (and AdaKD, when on) is applied on them too, and the
-  teacher cache (train.teacher_cache) may serve the teacher's side, since these data are off-policy.
+- Loss: `method=seqkd` trains forward KL on the teacher's responses with kd_ratio 1 (DistiLLM's SeqKD baseline
+  script; AdaKD wraps it when on, and the teacher cache (train.teacher_cache) may serve the teacher's side,
+  since these data are off-policy); `method=seqkd-ce` is the classic SeqKD, cross-entropy alone (kd_ratio 0).
 """
 from __future__ import annotations
 
