@@ -44,7 +44,10 @@ def test_smoke_writes_every_artefact(smoke_run):
     for f in ("config.yaml", "run_info.json", "train_log.jsonl", "model/model.safetensors"):
         assert (run_dir / f).exists(), f
     rows = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
+    dev = [r for r in rows if r.get("split") == "dev"]   # validation rows (default: 5 times and before step 1)
+    rows = [r for r in rows if r.get("split") != "dev"]
     assert [r["step"] for r in rows] == list(range(1, cfg.train.steps + 1))
+    assert dev and dev[0]["step"] == 0 and dev[-1]["step"] == cfg.train.steps
     assert all("ratio" in r and "tau_mean" in r for r in rows)
     preds = list((run_dir / "predictions").glob("*.jsonl"))
     assert preds, "predictions/<benchmark>.jsonl missing"
@@ -66,6 +69,7 @@ GOLDEN_SMOKE = [  # step: (loss, grad_norm, n_kept, tau_mean, diff_kept_mean)
 def test_smoke_first_steps_match_the_golden_values(smoke_run):
     out, cfg, _ = smoke_run
     rows = [json.loads(x) for x in (runner.run_dir_for(cfg) / "train_log.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "loss" in r]
     for step, loss, grad_norm, n_kept, tau_mean, diff in GOLDEN_SMOKE:
         r = rows[step - 1]
         assert r["step"] == step and r["n_kept"] == n_kept

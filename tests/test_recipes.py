@@ -349,7 +349,7 @@ def test_distillm_smoke_run_end_to_end(tmp_path):
     from adakd.experiment import runner
 
     cfg = compose_cfg(["experiment=smoke", "method=distillm", f"run.output_root={tmp_path}", "run.progress=false",
-                       "logger=none", "train.threads=1", "train.steps=6", "train.val_every=3",
+                       "logger=none", "train.threads=1", "train.steps=6", "method.recipe_params.val_every=3",
                        "method.recipe_params.prob_init=0.8", "method.recipe_params.replay_capacity=12",
                        "method.recipe_params.max_new_tokens=12", "eval.max_samples=8", "dataset.n_train=64"])
     m = runner.run(cfg)

@@ -157,3 +157,54 @@ def test_baseline_rows_come_from_the_runs(tmp_path):
     assert by["rkl"].status == "ok"
     md = render_markdown(t, cells(t))
     assert "| teacher | 30.00 ± 0.71 |" in md
+
+
+def _row_dir_seed(root: Path, row: str, seed: int, table="table2", scale="smoke") -> Path:
+    from omegaconf import OmegaConf
+    rows = OmegaConf.load(Path(__file__).resolve().parents[1] / "experiments" / f"{table}.yaml").table.rows
+    cfg = compose_cfg([f"experiment={table}", f"scale={scale}", f"run.output_root={root}",
+                       *rows[row].overrides, f"train.seed={seed}"])
+    return run_dir_for(strip_table(cfg))
+
+
+def test_training_seed_statistics(tmp_path, capsys):
+    """One run per training seed: cells are mean ± std over the training seeds of each run's mean over the
+    generation seeds, paired by training seed against the plain row; the generation-seed spread apart."""
+    seeds = [10, 20, 30]
+    none_means = {10: 10.0, 20: 12.0, 30: 11.0}
+    shifts = {10: 1.0, 20: 1.1, 30: 0.9}         # idts: a steady gain on every training seed
+    gen = [-0.5, 0.5, 0.0]                        # generation-seed deviations within a run (sd 0.5)
+    for s in seeds:
+        atomic_write_json(_row_dir_seed(tmp_path, "none", s) / "metrics.json",
+                          _metrics([none_means[s] + d for d in gen]))
+        atomic_write_json(_row_dir_seed(tmp_path, "idts", s) / "metrics.json",
+                          _metrics([none_means[s] + shifts[s] + d for d in gen]))
+    atomic_write_json(_row_dir_seed(tmp_path, "full", 10) / "metrics.json", _metrics(BASE))   # 1 of 3 seeds
+    t = tables.collect("table2", "smoke", [f"run.output_root={tmp_path}", "train.seed=10,20,30"])
+    assert t.train_seeds == seeds
+    by = {r.id: r for r in t.rows}
+    assert by["none"].status == "ok" and sorted(by["none"].runs) == seeds
+    assert by["full"].status == "missing" and "1 of 3 training seeds" in by["full"].error
+    cs = cells(t)
+    c = cs["idts"][AVG]
+    assert c.n == 3 and c.mean == pytest.approx(12.0) and c.std == pytest.approx(1.11 ** 0.5)
+    assert c.delta == pytest.approx(1.0) and c.sig                   # paired by training seed
+    assert c.gen_std == pytest.approx(0.5)
+    assert paired_p([11.0, 13.1, 11.9], [10.0, 12.0, 11.0]) == pytest.approx(c.p)
+    md = render_markdown(t, cs)
+    assert "mean ± std over the training seeds (10, 20, 30)" in md and "generation-seed sd" in md
+    idts_line = next(ln for ln in md.splitlines() if ln.startswith("| + IDTS only"))
+    assert "12.00 ± 1.05 (+1.00†)" in idts_line and idts_line.rstrip(" |").endswith("0.50")
+    # the same through the command line, with the seeds given as an option
+    rc = report.main(["--table", "table2", "--scale", "smoke", "--no-wandb", "--train-seeds", "10,20,30",
+                      f"run.output_root={tmp_path}"])
+    assert rc == 1 and "12.00 ± 1.05 (+1.00†)" in capsys.readouterr().out
+
+
+def test_a_teacher_row_is_one_run_for_every_training_seed():
+    teacher = {"dir": "t", "rouge": _metrics([30.0, 31.0, 29.0])["rougeL"]}
+    row = Row(id="teacher", label="teacher", kind="baseline", status="ok", runs={10: teacher, 20: teacher})
+    t = _table([row], benches=("synthetic",))
+    t.train_seeds = [10, 20]
+    c = cells(t)["teacher"][AVG]
+    assert (c.n, c.mean, c.std, c.gen_std) == (1, 30.0, 0.0, pytest.approx(1.0))

@@ -55,6 +55,13 @@ def device_info() -> dict:
     return info
 
 
+def add_to_run_info(run_dir: Path, fields: dict) -> None:
+    """Fields known only after the run started (e.g. the dev evaluation's time), added to run_info.json."""
+    path = Path(run_dir) / "run_info.json"
+    info = json.loads(path.read_text()) if path.exists() else {}
+    atomic_write_json(path, {**info, **fields})
+
+
 def write_run_info(run_dir: Path, cfg) -> None:
     atomic_write_json(Path(run_dir) / "run_info.json", {
         "git_commit": git_commit(), "versions": versions(), "python": sys.version.split()[0],

@@ -118,8 +118,9 @@ def run(args) -> dict:
     }
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def generation_arguments(description: str, threads: int) -> argparse.ArgumentParser:
+    """The options of the generation benchmarks (this one and generate_batched)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--model", help="local model directory (default: random small GPT-2)")
     p.add_argument("--n-prompts", type=int, default=32)
@@ -127,11 +128,15 @@ def main(argv=None) -> None:
     p.add_argument("--max-prompt-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=10)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=threads, help="torch threads (0: torch's default)")
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=256)
     p.add_argument("--vocab", type=int, default=2048)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> None:
+    args = generation_arguments(__doc__.splitlines()[0], threads=0).parse_args(argv)
     res = run(args)
     if args.json:
         print(json.dumps(res, indent=2))

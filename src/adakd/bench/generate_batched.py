@@ -14,14 +14,13 @@ change on a shared machine hits both; the ratio is ours / transformers' tokens p
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
 
 import torch
 
-from adakd.bench.generate import _count, _model_and_tokenizer, _prompts
+from adakd.bench.generate import _count, _model_and_tokenizer, _prompts, generation_arguments
 from adakd.evaluation.generation import encode_prompts, generate_from_ids
 
 
@@ -89,19 +88,8 @@ def run(args) -> dict:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = generation_arguments(__doc__.splitlines()[0], threads=1)
     p.add_argument("--quick", action="store_true", help="8 prompts, 32 new tokens, batch 4")
-    p.add_argument("--model", help="local model directory (default: random small GPT-2)")
-    p.add_argument("--n-prompts", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--max-prompt-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=10)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    p.add_argument("--n-layer", type=int, default=4)
-    p.add_argument("--n-embd", type=int, default=256)
-    p.add_argument("--vocab", type=int, default=2048)
     args = p.parse_args(argv)
     if args.quick:
         args.n_prompts, args.max_new_tokens, args.batch_size = min(args.n_prompts, 8), 32, 4

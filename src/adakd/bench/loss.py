@@ -47,7 +47,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from adakd.kd.objective import HiddenStates, build_objective
 from adakd.schema import AdakdConfig, MethodConfig
 
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+from .worker import MALLOC_ENV, Worker
+
 LOSSES = ("rkl", "rkl_adakd")
 IMPLS = ("reference", "chunked", "reference_hidden", "fused")
 # (baseline case, measured case) pairs; a case is (loss, impl)
@@ -268,40 +269,13 @@ def _worker_cmd(args, extra: List[str]) -> List[str]:
     return cmd + (["--quick"] if args.quick else []) + extra
 
 
-class _Worker:
-    def __init__(self, args, loss: str, impl: str):
-        self.proc = subprocess.Popen(
-            _worker_cmd(args, ["--worker", "loss", "--loss", loss, "--impl", impl]),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **MALLOC_ENV},
-        )
-        self.name = f"{loss}/{impl}"
-
-    def ask(self, cmd: str) -> Dict[str, Any]:
-        if cmd:
-            self.proc.stdin.write(cmd + "\n")
-            self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.proc.stderr.read()
-            raise RuntimeError(f"benchmark worker {self.name} died:\n{err[-4000:]}")
-        return json.loads(line)
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-            self.proc.wait(timeout=60)
-        except (BrokenPipeError, subprocess.TimeoutExpired):
-            self.proc.kill()
+def _worker(args, loss: str, impl: str) -> Worker:
+    return Worker(_worker_cmd(args, ["--worker", "loss", "--loss", loss, "--impl", impl]), f"{loss}/{impl}")
 
 
 def run_pair(args, base_case: Tuple[str, str], measured_case: Tuple[str, str]) -> Dict[str, Any]:
     """Two live worker processes taking turns; returns their times, losses and peak memory."""
-    workers = [_Worker(args, *base_case), _Worker(args, *measured_case)]
+    workers = [_worker(args, *base_case), _worker(args, *measured_case)]
     try:
         for w in workers:
             w.ask("")  # ready (inputs built)

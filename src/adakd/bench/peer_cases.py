@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from adakd.kd.objective import HiddenStates, build_objective
 from adakd.schema import AdakdConfig, MethodConfig
 
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 PEER_DISTS = {"trl": "trl", "liger": "liger-kernel", "torchtune": "torchtune"}
 INSTALL_HINT = 'pip install -e ".[bench]"'
 

@@ -43,7 +43,6 @@ import os
 import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,9 +51,10 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from .peer_cases import (CASES, DEFAULT_CASES, FKL_RTOL, GROUPS, JSD_RTOL, MALLOC_ENV, RATIOS, TARGET_SIZE, TARGETS,
+from .peer_cases import (CASES, DEFAULT_CASES, FKL_RTOL, GROUPS, JSD_RTOL, RATIOS, TARGET_SIZE, TARGETS,
                          _tiny, convention_check, leaves, make_inputs, make_step, peer_missing, peer_version,
                          teacher_entropy)
+from .worker import MALLOC_ENV, Worker
 
 
 def _rss_mb() -> float:
@@ -126,33 +126,11 @@ def serve(args) -> int:
 # ------------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------------
-class Worker:
-    def __init__(self, args, case: str):
-        cmd = [sys.executable, "-m", "adakd.bench.peers", "--worker", case]
-        for flag in ("n", "v", "h_student", "h_teacher", "chunk", "beta", "threads", "seed"):
-            cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
-        self.case = case
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env={**os.environ, **MALLOC_ENV})
-
-    def ask(self, cmd: str) -> Dict[str, Any]:
-        if cmd:
-            self.proc.stdin.write(cmd + "\n")
-            self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.proc.stderr.read()
-            raise RuntimeError(f"peer benchmark worker {self.case} died:\n{err[-3000:]}")
-        return json.loads(line)
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write("quit\n")
-            self.proc.stdin.flush()
-            self.proc.wait(timeout=60)
-        except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
+def peer_worker(args, case: str) -> Worker:
+    cmd = [sys.executable, "-m", "adakd.bench.peers", "--worker", case]
+    for flag in ("n", "v", "h_student", "h_teacher", "chunk", "beta", "threads", "seed"):
+        cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+    return Worker(cmd, case)
 
 
 def run_group(args, cases: List[str]) -> Dict[str, Dict[str, Any]]:
@@ -161,7 +139,7 @@ def run_group(args, cases: List[str]) -> Dict[str, Dict[str, Any]]:
     workers: List[Worker] = []
     try:
         for case in cases:  # started one after the other: only one builds its inputs at a time
-            w = Worker(args, case)
+            w = peer_worker(args, case)
             try:
                 hello = w.ask("")
             except RuntimeError as e:
@@ -173,23 +151,23 @@ def run_group(args, cases: List[str]) -> Dict[str, Dict[str, Any]]:
                 results[case] = {"status": "skipped", "reason": hello["skipped"]}
                 continue
             workers.append(w)
-        times: Dict[str, List[float]] = {w.case: [] for w in workers}
+        times: Dict[str, List[float]] = {w.name: [] for w in workers}
         losses: Dict[str, float] = {}
         for rep in range(args.reps + 1):  # round 0 is the untimed warm-up
             for w in workers if rep % 2 == 0 else workers[::-1]:
                 out = w.ask("run")
-                losses[w.case] = out["loss"]
+                losses[w.name] = out["loss"]
                 if rep > 0:
-                    times[w.case].append(out["time_s"])
+                    times[w.name].append(out["time_s"])
         for w in workers:
             peak = w.ask("peak")["peak_mb"]
-            results[w.case] = {
+            results[w.name] = {
                 "status": "ok",
-                "time_s": statistics.median(times[w.case]),
-                "times_s": [round(t, 4) for t in times[w.case]],
+                "time_s": statistics.median(times[w.name]),
+                "times_s": [round(t, 4) for t in times[w.name]],
                 "peak_mb": round(peak, 1),
-                "loss": losses[w.case],
-                "alternated_with": [c for c in cases if c != w.case and c in times],
+                "loss": losses[w.name],
+                "alternated_with": [c for c in cases if c != w.name and c in times],
                 **w.ask("extra"),
             }
     finally:

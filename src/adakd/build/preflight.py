@@ -33,6 +33,7 @@ from transformers import AutoConfig
 from ..errors import ConfigError, UserError
 from ..models.pruning import layers_to_keep
 from .devices import autocast_dtype, load_dtype, teacher_device
+from .identity import model_path
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +371,7 @@ def spec_shape(spec, vocab: int, teacher_shape: Optional[ModelShape] = None) -> 
         return _gpt2_shape(vocab, int(arch.get("n_layer", 12)), int(arch.get("n_embd", 768)), arch.get("n_inner"),
                            int(arch.get("n_positions", 1024)))
     if spec.source == "pretrained":
-        return shape_from_config(_load_config(str(spec.path), bool(spec.trust_remote_code)))
+        return shape_from_config(_load_config(model_path(spec.path), bool(spec.trust_remote_code)))
     if spec.source == "pruned":
         if teacher_shape is None:
             raise ValueError("a pruned student needs the teacher's shape")

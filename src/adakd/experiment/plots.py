@@ -94,7 +94,8 @@ def plot_run(run_dir: str | Path) -> Dict[str, Path]:
     title = run_dir.name
     made: Dict[str, Path] = {}
     for name, fn, data in (("training", _plot_training, train), ("latf_ratio", _plot_ratio, train),
-                           ("tau_hist", _plot_tau, tele), ("difficulty", _plot_difficulty, (train, tele))):
+                           ("tau_hist", _plot_tau, tele), ("difficulty", _plot_difficulty, (train, tele)),
+                           ("validation", _plot_validation, train)):
         try:
             fig = fn(data, title)
         except Exception as e:   # noqa: BLE001 - a plot must never cost a run its results
@@ -129,6 +130,55 @@ def _plot_training(rows, title):
     ax2.set_title("learning rate")
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+VAL_PANELS = (("val_ce", "dev CE (reference responses)"), ("val_kd", "dev divergence to the teacher (all tokens, tau 1)"),
+              ("val_rougeL", "dev ROUGE-L"))
+
+
+def _plot_validation(rows, title):
+    """The dev-split validation rows (training.validation) beside the training loss."""
+    panels = [(k, label) for k, label in VAL_PANELS if _series(rows, k)[0]]
+    if not panels:
+        return None
+    fig, axes = _figure(4.2 * (len(panels) + 1), 3.6, len(panels) + 1)
+    xs, loss = _series(rows, "loss")
+    if xs:
+        axes[0].plot(xs, _smooth(loss), color="black", lw=1.2, label="training loss (EMA)")
+    cx, ce = _series(rows, "val_ce")
+    if cx:
+        axes[0].plot(cx, ce, "o-", color="#c0392b", ms=3, lw=1.2, label="dev CE")
+    axes[0].set_title("training loss and dev CE")
+    axes[0].set_xlabel("step")
+    axes[0].legend(fontsize=8)
+    for ax, (key, label) in zip(axes[1:], panels):
+        vx, vy = _series(rows, key)
+        ax.plot(vx, vy, "o-", color="#2874a6", ms=3, lw=1.2)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step")
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_dev_curves(curves: Sequence[Dict[str, Any]], path: str | Path, title: str = "") -> Optional[Path]:
+    """One figure for a table: each row's dev ROUGE-L and dev divergence against the step.
+
+    curves: [{"label", "rows": the validation rows of the row's run (its train_log.jsonl)}]."""
+    curves = [c for c in curves if any("val_rougeL" in r or "val_kd" in r or "val_ce" in r for r in c["rows"])]
+    if not curves:
+        return None
+    keys = [k for k, _ in VAL_PANELS if any(_series(c["rows"], k)[0] for c in curves)]
+    fig, axes = _figure(4.6 * len(keys), 3.8, len(keys))
+    for ax, key in zip(axes, keys):
+        for c in curves:
+            xs, ys = _series(c["rows"], key)
+            if xs:
+                ax.plot(xs, ys, "o-", ms=2.5, lw=1.1, label=c["label"])
+        ax.set_title(dict(VAL_PANELS)[key], fontsize=9)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(textwrap.fill(title, 120), fontsize=9)
+    return _save(fig, Path(path))
 
 
 def _plot_ratio(rows, title):

@@ -7,7 +7,9 @@ renders a table preset (experiments/<table>.yaml; `--table smoke` is experiments
 row it composes the row's config exactly as the sweep's job did (preset + scale + the overrides given, which
 must be the sweep's own, + the row's overrides), finds the run directory with experiment.tasks.run_dir_for
 and reads its metrics.json. Cells: mean ± std (ddof=1) over the generation seeds, and for a row with a
-`plain` partner the change against it, marked † where a paired t-test over the seeds gives p < 0.05.
+`plain` partner the change against it, marked † where a paired t-test over the seeds gives p < 0.05. With
+training seeds (`--train-seeds 10,20,30`, or the sweep's `train.seed=10,20,30` among the overrides) each row is
+one run per seed and the statistics are over training seeds (experiment.table_stats).
 Writes <output_root>/tables/<table>[-<scale>].{md,csv,tex,png} (the scale suffix unless it is the table's
 default scale: smoke for the smoke table, cpu otherwise), prints the markdown, logs the table and the bar
 chart to W&B (offline by default; not again when the table is unchanged) and exits 1 when a row's run is
@@ -19,11 +21,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_jsonl_prefix
 from ..tracking import make_logger
-from .plots import plot_table
+from .plots import plot_dev_curves, plot_table
 from .table_render import _header, bar_data, problems, render_csv, render_markdown, render_tex, table_rows
 from .table_stats import AVG, cells
 from .tables import Table, collect
@@ -45,17 +47,34 @@ def write_outputs(table: Table, compare: bool = False, alpha: float = 0.05) -> T
         "csv": atomic_write_text(stem.with_suffix(".csv"), render_csv(table, cs, compare)),
         "tex": atomic_write_text(stem.with_suffix(".tex"), render_tex(table, cs, compare)),
     }
-    if not changed and png_path.exists():    # same numbers: the chart on disk is this one
+    dev_path = stem.parent / f"{stem.name}-dev.png"
+    if not changed and png_path.exists():    # same numbers: the charts on disk are these
         paths["png"] = png_path
+        if dev_path.exists():
+            paths["dev_png"] = dev_path
         return paths, changed
+    title = f"{table.spec.get('title', table.name)} [{table.scale or 'default'}]"
     try:
-        png = plot_table(bar_data(table, cs), png_path,
-                         title=f"{table.spec.get('title', table.name)} [{table.scale or 'default'}]")
+        png = plot_table(bar_data(table, cs), png_path, title=title)
         if png is not None:
             paths["png"] = png
-    except Exception as e:   # noqa: BLE001 - the table files matter more than the chart
-        log.warning("bar chart failed: %s", e)
+        dev = plot_dev_curves(dev_curves(table), dev_path, title=f"{title}: validation on the dev split")
+        if dev is not None:
+            paths["dev_png"] = dev
+    except Exception as e:   # noqa: BLE001 - the table files matter more than the charts
+        log.warning("table chart failed: %s", e)
     return paths, changed
+
+
+def dev_curves(table: Table) -> List[Dict[str, Any]]:
+    """The dev validation rows of each finished row's run (train_log.jsonl), for the table's dev figure."""
+    out = []
+    for r in table.rows:
+        if r.status == "ok" and r.run_dir:
+            rows = [x for x in read_jsonl_prefix(Path(r.run_dir) / "train_log.jsonl") if x.get("split") == "dev"]
+            if rows:
+                out.append({"label": r.label, "rows": rows})
+    return out
 
 
 def log_to_wandb(table: Table, paths: Dict[str, Path], compare: bool = False) -> None:
@@ -84,6 +103,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--scale", default=None, help="scale option (smoke, cpu, gpt2, qwen2, openllama2); "
                                                  "omit for the config's default")
     p.add_argument("--compare", action="store_true", help="show the paper's figures beside ours")
+    p.add_argument("--train-seeds", default=None,
+                   help="comma-separated training seeds: one run per row and seed (as `train.seed=10,20,30` in the "
+                        "sweep); cells are mean ± std over training seeds (default: the table's train_seeds)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test")
     p.add_argument("--no-wandb", action="store_true", help="do not log the table to W&B")
     p.add_argument("--only-if-complete", action="store_true",
@@ -93,7 +115,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                 "run.output_root=...); hydra.* ones are ignored")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    table = collect(a.table, a.scale, a.overrides)
+    train_seeds = [int(x) for x in a.train_seeds.split(",")] if a.train_seeds else None
+    table = collect(a.table, a.scale, a.overrides, train_seeds=train_seeds)
     if a.only_if_complete and problems(table):
         print(f"{len(problems(table))} of {len(table.rows)} rows not finished: running the sweep",
               file=sys.stderr)

@@ -208,13 +208,23 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
     trainer, _ = build_trainer(cfg, run_dir, student, tokenizer, data, ctx, device, logger,
                                with_teacher=job.task.distils)
     result = trainer.train()
+    selected = {"select": str(cfg.train.select), "step": result.steps}
+    if cfg.train.select == "best_dev":   # the best dev ROUGE-L's weights are the ones evaluated and exported
+        best = trainer.load_best()
+        if best is None:
+            log.warning("train.select=best_dev but no validation scored ROUGE-L: the last student is used")
+        selected.update(step=best if best is not None else result.steps, dev_rougeL=result.best_rougeL)
     # FSDP shards gathered (rank 0 gets the model, the others None), LoRA adapters merged.
     student = export_student(cfg, trainer, student, tokenizer, ctx, device)
     if student is not None:
         save_model(student, tokenizer, run_dir / "model",
-                   extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name})
+                   extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name,
+                          "selected": selected})
     # the resolved objective and recipe parameters (the configs hold only what differs from the defaults)
+    runinfo.add_to_run_info(run_dir, {"dev_eval_seconds": result.val_seconds})
     return {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 2),
+            "dev_eval_seconds": result.val_seconds, "selected": selected,
+            "best_dev": {"step": result.best_step, "val_rougeL": result.best_rougeL},
             "resumed_from": result.resumed_from, "skipped_steps": result.skipped_steps,
             "world_size": trainer.world_size, "objective": repr(trainer.objective) if trainer.objective else None,
             "recipe_params": recipe_params(cfg.method.recipe, cfg.method.get("recipe_params"))}, student

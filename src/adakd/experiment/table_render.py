@@ -73,6 +73,8 @@ def _paper_cell(table: Table, row: Row, pair: str) -> str:
 def _header(table: Table, compare: bool) -> List[str]:
     avg = "Avg" if table.avg_over == table.benches else f"Avg ({', '.join(table.avg_over)})"
     cols = ["Method"] + list(table.benches) + [avg]
+    if table.train_seeds:
+        cols += ["Avg: generation-seed sd"]
     if compare:
         cols += [f"paper Avg ({PAIRS.get(p, p)})" for p in paper_columns(table)]
     return cols
@@ -84,6 +86,9 @@ def table_rows(table: Table, cs: Dict[str, Dict[str, Cell]], compare: bool,
     for r in table.rows:
         line = [_tex_escape(r.label) if tex else r.label]
         line += [_fmt(cs[r.id][c], r.kind == "adakd", tex) for c in table.benches + [AVG]]
+        if table.train_seeds:
+            g = cs[r.id][AVG].gen_std
+            line.append("–" if g is None else f"{g:.2f}")
         if compare:
             line += [_paper_cell(table, r, p) for p in paper_columns(table)]
         rows.append(line)
@@ -104,6 +109,14 @@ def problems(table: Table) -> List[str]:
 
 def _caption(table: Table) -> str:
     seeds = ", ".join(str(s) for s in table.seeds)
+    if table.train_seeds:
+        train = ", ".join(str(s) for s in table.train_seeds)
+        return (f"ROUGE-L, mean ± std over the training seeds ({train}) of each run's mean over the generation "
+                f"seeds ({seeds}); the teacher does not train (one run). Scale {table.scale or 'default'} "
+                f"(model {table.model}). In parentheses: the change against the row's plain partner; "
+                f"{DAGGER}: significant (paired t-test over training seeds, p < 0.05). Last column: the "
+                f"generation-seed spread of Avg (std over generation seeds within a run, mean over runs). "
+                f"Avg: mean over {', '.join(table.avg_over)}.")
     return (f"ROUGE-L, mean ± std over the generation seeds ({seeds}); scale {table.scale or 'default'} "
             f"(model {table.model}). In parentheses: the change against the row's plain partner; "
             f"{DAGGER}: significant (paired t-test over seeds, p < 0.05). Avg: mean over "
@@ -129,6 +142,8 @@ def render_csv(table: Table, cs, compare: bool = False) -> str:
     head = ["row", "label", "plain", "status", "run_dir"]
     for c in cols:
         head += [f"{c}_mean", f"{c}_std", f"{c}_n_seeds", f"{c}_delta", f"{c}_p", f"{c}_significant"]
+        if table.train_seeds:
+            head.append(f"{c}_gen_std")
     pairs = paper_columns(table)
     head += [f"paper_{p}_avg" for p in pairs]
     w.writerow(head)
@@ -137,6 +152,8 @@ def render_csv(table: Table, cs, compare: bool = False) -> str:
         for c in cols:
             x = cs[r.id][c]
             line += [_num(x.mean), _num(x.std), x.n, _num(x.delta), _num(x.p, 4), int(x.sig)]
+            if table.train_seeds:
+                line.append(_num(x.gen_std))
         line += [_num(_paper_avg(r, p)) for p in pairs]
         w.writerow(line)
     return buf.getvalue()

@@ -1,5 +1,12 @@
 """Statistics of a table's cells: per-seed scores of a row, mean ± std, the change against the row's plain
-partner and a paired t-test over seeds."""
+partner and a paired t-test over seeds.
+
+Two protocols. One run per row (the paper's): the seeds are the generation seeds of that run. One run per
+training seed (Table.train_seeds): each run is first reduced to its mean over the generation seeds, and the
+cell is mean ± std over the training seeds of those per-run values, compared with the plain partner paired
+by training seed; the generation-seed spread (the std over generation seeds within a run, averaged over the
+runs) is kept apart in `Cell.gen_std`. A row that does not train (the teacher) is one run whatever the seed.
+"""
 from __future__ import annotations
 
 import math
@@ -58,6 +65,40 @@ class Cell:
     delta: Optional[float] = None
     p: Optional[float] = None
     sig: bool = False
+    gen_std: Optional[float] = None     # training-seed protocol: mean over runs of the generation-seed std
+
+
+def run_values(row: Row, col: str, avg_over: Sequence[str]) -> Tuple[Dict[int, float], List[float]]:
+    """({training seed: the run's mean over generation seeds}, [each distinct run's generation-seed std])."""
+    values: Dict[int, float] = {}
+    spreads: Dict[str, float] = {}
+    for seed, run in row.runs.items():
+        xs = seed_scores(Row(id=row.id, label=row.label, status="ok", rouge=run["rouge"]), col, avg_over)
+        if xs:
+            m, s = mean_std(xs)
+            values[seed] = m
+            spreads[str(run.get("dir", seed))] = s
+    return values, list(spreads.values())
+
+
+def _train_seed_cell(r: Row, partner: Optional[Row], col: str, avg_over: Sequence[str], alpha: float) -> Cell:
+    vals, spreads = run_values(r, col, avg_over)
+    c = Cell()
+    if not vals:
+        return c
+    distinct = len(spreads)   # a row that does not train has one run for every seed
+    xs = [vals[s] for s in sorted(vals)] if distinct > 1 else [next(iter(vals.values()))]
+    c.mean, c.std = mean_std(xs)
+    c.n = len(xs)
+    c.gen_std = sum(spreads) / len(spreads)
+    if partner is not None:
+        pv, _ = run_values(partner, col, avg_over)
+        common = sorted(set(vals) & set(pv))
+        if common:
+            c.delta = c.mean - mean_std([pv[s] for s in sorted(pv)])[0]
+            c.p = paired_p([vals[s] for s in common], [pv[s] for s in common])
+            c.sig = c.p is not None and c.p < alpha
+    return c
 
 
 def cells(table: Table, alpha: float = 0.05) -> Dict[str, Dict[str, Cell]]:
@@ -66,6 +107,11 @@ def cells(table: Table, alpha: float = 0.05) -> Dict[str, Dict[str, Cell]]:
     out: Dict[str, Dict[str, Cell]] = {}
     for r in table.rows:
         out[r.id] = {}
+        if table.train_seeds:
+            partner = by_id.get(r.plain) if r.plain else None
+            for col in table.benches + [AVG]:
+                out[r.id][col] = _train_seed_cell(r, partner, col, table.avg_over, alpha)
+            continue
         for col in table.benches + [AVG]:
             xs = seed_scores(r, col, table.avg_over)
             c = Cell()

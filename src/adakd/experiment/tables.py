@@ -4,6 +4,10 @@ For each row of a table preset (experiments/<table>.yaml; `smoke` is experiments
 is composed exactly as the sweep's job did (preset + scale + the overrides given, which must be the sweep's
 own, + the row's overrides); the row's run directory is found from that config (experiment.tasks) and its
 metrics.json read. Baseline rows (teacher, SFT) come from any finished row's `baselines`.
+
+With training seeds (the table's `train_seeds`, or a `train.seed=10,20,30` override as the sweep was given it)
+each row is one run per training seed (`train.seed=<s>` added to its overrides), kept in `Row.runs`; the SFT
+baseline is then one run per training seed too, the teacher one run (it does not train).
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
@@ -61,6 +65,8 @@ class Row:
     error: Optional[str] = None
     rouge: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     baselines: Dict[str, Any] = field(default_factory=dict)
+    # with training seeds: {train.seed: {"dir", "rouge", "baselines"}} of the finished runs
+    runs: Dict[int, Dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Table:
     model: str = ""
     seeds: List[int] = field(default_factory=list)
     logger_cfg: Any = None
+    train_seeds: List[int] = field(default_factory=list)   # empty: one run per row (the paper's protocol)
 
 
 def preset_for(table: str) -> str:
@@ -97,10 +104,65 @@ def _composer():
     return (lambda ovs: compose("config", overrides=ovs)), ctx
 
 
-def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = ()) -> Table:
-    """Compose the table preset and each of its rows; read each row's results from its run directory."""
+def split_train_seeds(overrides: Sequence[str]) -> Tuple[List[str], List[int]]:
+    """(the other overrides, the training seeds of a `train.seed=a,b,c` sweep override, if any)."""
+    rest, seeds = [], []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key == "train.seed" and "," in value:
+            try:
+                seeds = [int(v) for v in value.split(",")]
+            except ValueError:
+                raise ConfigError(f"{o}: training seeds must be integers") from None
+        else:
+            rest.append(o)
+    return rest, seeds
+
+
+def _read_run(row: Row, rd: Path) -> Optional[Dict[str, Any]]:
+    """A finished run's results; else None, with the row's status set to failed where the run failed."""
+    if is_finished(rd):
+        m = json.loads((rd / "metrics.json").read_text())
+        return {"dir": str(rd), "rouge": m.get("rougeL", {}), "baselines": m.get("baselines", {})}
+    if (rd / FAILURE_FILE).exists():
+        try:
+            row.error = json.loads((rd / FAILURE_FILE).read_text()).get("error")
+        except ValueError:
+            row.error = "unreadable failure.json"
+        row.status = "failed"
+    return None
+
+
+def _baseline_row(which: str, rows: List[Row], train_seeds: Sequence[int]) -> Row:
+    """A baseline row (teacher, SFT) from the finished rows' run.baselines (they are cached runs)."""
+    b = Row(id=str(which), label=BASELINE_LABELS.get(which, str(which)), kind="baseline")
+    if train_seeds:
+        for s in train_seeds:
+            found = next((r.runs[s]["baselines"][which] for r in rows if s in r.runs
+                          and which in r.runs[s]["baselines"]), None)
+            if found is not None:
+                b.runs[s] = {"dir": found.get("dir"), "rouge": found.get("rougeL", {})}
+        if len(b.runs) == len(train_seeds):
+            first = b.runs[train_seeds[0]]
+            b.status, b.rouge, b.run_dir = "ok", first["rouge"], first["dir"]
+        else:
+            b.error = f"{len(b.runs)} of {len(train_seeds)} training seeds computed (run.baselines of the table's runs)"
+        return b
+    found = next((r.baselines[which] for r in rows if r.status == "ok" and which in r.baselines), None)
+    if found is not None:
+        b.status, b.rouge, b.run_dir = "ok", found.get("rougeL", {}), found.get("dir")
+    else:
+        b.error = "not computed yet (run.baselines of the table's runs)"
+    return b
+
+
+def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = (),
+            train_seeds: Optional[Sequence[int]] = None) -> Table:
+    """Compose the table preset and each of its rows; read each row's results from its run directory (one
+    per training seed where there are training seeds: the argument, a train.seed=a,b,c override, or the
+    table's `train_seeds`)."""
     preset = preset_for(table)
-    extra = [o for o in overrides if not _is_hydra_override(o)]
+    extra, swept = split_train_seeds([o for o in overrides if not _is_hydra_override(o)])
     base_ovs = [f"experiment={preset}"] + ([f"scale={scale}"] if scale and scale != "none" else []) + extra
     compose, ctx = _composer()
     try:
@@ -115,6 +177,7 @@ def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = 
             raise SystemExit(f"experiment={preset} is not a table preset (no `table:` block); tables: "
                              f"{', '.join(sorted(available_tables()))}")
         spec = OmegaConf.to_container(base.table, resolve=True)
+        seeds = [int(x) for x in (train_seeds or swept or spec.get("train_seeds") or [])]
         rows: List[Row] = []
         for rid, r in (spec.get("rows") or {}).items():
             paper = r.get("paper")
@@ -123,36 +186,27 @@ def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = 
             row = Row(id=str(rid), label=str(r.get("label", rid)),
                       overrides=[str(o) for o in r.get("overrides") or []], plain=r.get("plain"),
                       paper=paper or {}, kind="adakd" if r.get("plain") else "plain")
-            try:
-                cfg = strip_table(compose(base_ovs + row.overrides))
-                rd = run_dir_for(cfg)
-            except Exception as e:   # noqa: BLE001 - e.g. a method preset that does not exist yet
-                row.status, row.error = "error", f"config does not compose: {type(e).__name__}: {e}"
-                rows.append(row)
-                continue
-            row.run_dir = str(rd)
-            if is_finished(rd):
-                m = json.loads((rd / "metrics.json").read_text())
-                row.status, row.rouge, row.baselines = "ok", m.get("rougeL", {}), m.get("baselines", {})
-            elif (rd / FAILURE_FILE).exists():
+            for s in seeds or [None]:
                 try:
-                    row.error = json.loads((rd / FAILURE_FILE).read_text()).get("error")
-                except ValueError:
-                    row.error = "unreadable failure.json"
-                row.status = "failed"
+                    cfg = strip_table(compose(base_ovs + row.overrides + ([] if s is None else [f"train.seed={s}"])))
+                    rd = run_dir_for(cfg)
+                except Exception as e:   # noqa: BLE001 - e.g. a method preset that does not exist yet
+                    row.status, row.error = "error", f"config does not compose: {type(e).__name__}: {e}"
+                    break
+                row.run_dir = row.run_dir or str(rd)
+                run = _read_run(row, rd)
+                if run is not None and s is not None:
+                    row.runs[s] = run
+                elif run is not None:
+                    row.status, row.rouge, row.baselines = "ok", run["rouge"], run["baselines"]
+            if seeds and row.status == "missing":
+                if len(row.runs) == len(seeds):
+                    first = row.runs[seeds[0]]
+                    row.status, row.rouge, row.baselines = "ok", first["rouge"], first["baselines"]
+                else:
+                    row.error = f"{len(row.runs)} of {len(seeds)} training seeds finished"
             rows.append(row)
-        # Baseline rows (teacher, SFT) come from any finished row's run.baselines (they are cached runs).
-        brows = []
-        for which in spec.get("baselines") or []:
-            found = next((r.baselines[which] for r in rows if r.status == "ok" and which in r.baselines),
-                         None)
-            b = Row(id=str(which), label=BASELINE_LABELS.get(which, str(which)), kind="baseline")
-            if found is not None:
-                b.status, b.rouge, b.run_dir = "ok", found.get("rougeL", {}), found.get("dir")
-            else:
-                b.error = "not computed yet (run.baselines of the table's runs)"
-            brows.append(b)
-        rows = brows + rows
+        rows = [_baseline_row(w, rows, seeds) for w in spec.get("baselines") or []] + rows
         benches = list(base.eval.benchmarks)
         for r in rows:
             benches += [b for b in r.rouge if b not in benches]
@@ -162,7 +216,7 @@ def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = 
         out_stem = Path(base.run.output_root).absolute() / "tables" / f"{table}{suffix}"
         return Table(name=table, preset=preset, scale=scale, spec=spec, rows=rows, benches=benches,
                      avg_over=want or benches, out_stem=out_stem, model=str(base.model.name),
-                     seeds=list(base.eval.seeds), logger_cfg=base.logger)
+                     seeds=list(base.eval.seeds), logger_cfg=base.logger, train_seeds=seeds)
     finally:
         if ctx is not None:
             ctx.__exit__(None, None, None)

@@ -24,11 +24,13 @@ from ..kd.losses.sparse import FORMS, TAIL_MODES
 from ..kd.objective import IMPLS as LOSS_IMPLS
 from ..models import ModelLoadError, check_local_or_hub
 from ..models.lora import KEYS as LORA_KEYS
-from ..training.loop import NONFINITE_POLICIES
+from ..training.loop import NONFINITE_POLICIES, SELECTIONS
 from ..training.recipes import ON_POLICY, RECIPES, check_recipe_params
 from ..training.schedule import LR_SCHEDULES
 from ..build.construct import SOURCES
 from ..build.devices import PRECISIONS
+from ..data.world import WorldSpec
+from ..build.identity import model_path
 from ..evaluation.generation import TRUNCATION_SIDES
 from ..schema import RunConfig, TrainConfig
 from .tasks import BASELINES, STAGES
@@ -36,10 +38,11 @@ from .tasks import BASELINES, STAGES
 DEVICE = r"auto|cpu|cuda(:\d+)?"
 RUN_NAME = r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}"   # one path component, no traversal, short enough for any disk
 # Sections whose keys are free in the schema (Dict[str, Any]) and checked elsewhere: the divergence's and the
-# recipe's parameters by their owners, LoRA here (_scale), arch and finetune below, the table by the sweep.
+# recipe's parameters by their owners, LoRA here (_scale), arch and finetune below, the table by the sweep, the
+# world's size against data.world.WorldSpec.
 FREE_SECTIONS = ("model.teacher.arch", "model.student.arch", "model.teacher.lora", "model.student.lora",
                  "model.teacher.finetune", "model.student.finetune", "method.params", "method.recipe_params",
-                 "table")
+                 "table", "dataset.world")
 GPT2_FIELDS = sorted(set(GPT2Config().to_dict()) | {"type"})
 
 
@@ -124,9 +127,18 @@ def validate_config(cfg: DictConfig) -> None:
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         e.append(f"train.betas={list(t.betas)} must be two numbers in [0, 1)")
     _choice(e, "train.precision", t.precision, PRECISIONS)
+    _choice(e, "train.select", t.select, SELECTIONS)
+    _range(e, "train.val_samples", t.val_samples, 0, None)
+    if t.select == "best_dev" and (t.val_every == 0 or t.val_samples == 0):
+        e.append("train.select=best_dev picks the student with the best dev ROUGE-L: it needs validation "
+                 "(train.val_every != 0) with generations (train.val_samples > 0)")
     if not re.fullmatch(DEVICE, str(t.device)):
         e.append(f"train.device={t.device!r} is not valid; use auto, cpu, cuda or cuda:N")
     _choice(e, "dataset.overlong", d.overlong, OVERLONG_POLICIES)
+    _unknown(e, "dataset.world", d.get("world") or {}, list(WorldSpec.__dataclass_fields__))
+    for k, v in (d.get("world") or {}).items():
+        if k in WorldSpec.__dataclass_fields__:
+            _range(e, f"dataset.world.{k}", v, 0 if k == "seed" else 1, None)
     for key in ("n_train", "n_dev", "n_test", "val_size", "max_train_samples"):
         _range(e, f"dataset.{key}", d[key], 1, None)
     if not 0 < d.max_prompt_len < d.max_len:
@@ -165,10 +177,10 @@ def _model_paths(errors: List[str], model) -> None:
     for role in ("teacher", "student"):
         spec = model.get(role)
         if spec is not None and spec.get("source") == "pretrained" and spec.get("path"):
-            paths.append((f"model.{role}.path", str(spec.path)))
+            paths.append((f"model.{role}.path", model_path(spec.path)))
     tok = model.get("tokenizer")
     if tok and tok not in ("synthetic", "teacher"):
-        paths.append(("model.tokenizer", str(tok)))
+        paths.append(("model.tokenizer", model_path(tok)))
     for key, path in paths:
         try:
             check_local_or_hub(path)

@@ -1,8 +1,8 @@
 """`dataset` group: the training set and its length limits (conf/dataset/)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 
 @dataclass
@@ -26,3 +26,5 @@ class DatasetConfig:
     max_len: int = 512
     overlong: str = "drop"          # drop (MiniLLM) | truncate (released AdaKD code)
     chat_template: bool = False
+    # dataset=world only: the generated world (adakd.data.world.WorldSpec fields; empty: its defaults).
+    world: Dict[str, Any] = field(default_factory=dict)

@@ -44,7 +44,13 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 200            # steps between checkpoints (0 = only at the end)
     keep_last: int = 2
-    val_every: int = 0               # steps between validation-loss evaluations (0 = never)
+    # Validation on the dev split (training.validation): dev CE, the plain base divergence to the teacher and
+    # dev ROUGE-L, in train_log.jsonl and plots/validation.png. Steps between validations; null: once per epoch
+    # for epoch-based runs (train.steps null), 5 times over the run otherwise; 0: never. Always before step 1.
+    val_every: Optional[int] = None
+    val_samples: int = 50            # dev examples whose generations are scored by ROUGE-L (0: none)
+    # Which student is evaluated and exported: last (as the released scripts) | best_dev (best dev ROUGE-L)
+    select: str = "last"
     teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)
     nonfinite: str = "stop"          # stop | skip (skip the step, up to max_nonfinite_skips)
     max_nonfinite_skips: int = 10

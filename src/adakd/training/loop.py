@@ -44,9 +44,14 @@ NONFINITE_POLICIES = ("stop", "skip")   # train.nonfinite: stop with a diagnosti
 class TrainResult:
     steps: int
     final_loss: float
-    seconds: float
+    seconds: float                       # training alone (dev validation excluded)
     resumed_from: Optional[int] = None
     skipped_steps: int = 0
+    val_seconds: float = 0.0             # the dev validations' time
+    best_step: Optional[int] = None      # the step with the best dev ROUGE-L (None: no validation scored it)
+    best_rougeL: Optional[float] = None
+
+SELECTIONS = ("last", "best_dev")        # train.select: the student evaluated and exported
 
 
 class Trainer:
@@ -56,7 +61,8 @@ class Trainer:
                  collate: Callable[[List[dict]], Dict[str, torch.Tensor]], objective, method_cfg, train_cfg,
                  run_dir: Path, logger, device: torch.device, total_steps: int, progress: bool = True,
                  batch_source=None, telemetry_every: int = 0, autocast_dtype: Optional[torch.dtype] = None,
-                 world_size: int = 1, rank: int = 0, on_step_end: Optional[Callable] = None):
+                 world_size: int = 1, rank: int = 0, on_step_end: Optional[Callable] = None,
+                 validator: Optional[Callable] = None, val_steps: Sequence[int] = (), select: str = "last"):
         if isinstance(teacher, nn.Module):
             teacher = LiveTeacher(teacher, device, self._autocast)
         self.student, self.teacher = student, teacher
@@ -72,6 +78,11 @@ class Trainer:
         # The fused loss takes hidden states + LM heads; the top-k cache has no teacher hidden states.
         self.fused = getattr(train_cfg, "loss_impl", "chunked") == "fused" and getattr(teacher, "has_hidden", False)
         self.on_step_end = on_step_end
+        # Dev validation (training.validation.Validator) after the steps in val_steps (0: before the first);
+        # with select=best_dev the best dev ROUGE-L's weights are kept in run_dir/best.
+        self.validator, self.val_steps, self.select = validator, set(val_steps), select
+        self.val_seconds, self.best_step, self.best_rougeL = 0.0, None, None
+        self.best_dir = self.run_dir / "best"
         # A recipe (GKD, DistiLLM) may replace or augment the batches; by default they come from the data.
         self.batch_source = batch_source
         # The global batch is the config's; each rank takes global/world of it, in micro-batches. A micro
@@ -121,6 +132,7 @@ class Trainer:
             "fsdp": self.fsdp,              # the optimizer state's layout (full, by name) under FSDP
             "cpu_threads": torch.get_num_threads() if self.device.type == "cpu" else None,
             "objective": self.objective.state_dict() if self.objective is not None else {},
+            "validation": {"seconds": self.val_seconds, "best_step": self.best_step, "best_rougeL": self.best_rougeL},
             "batch_source": self.batch_source.state_dict() if hasattr(self.batch_source, "state_dict") else {},
             "rng": rng_ranks[0],            # rank 0 (and single-process runs)
             "rng_ranks": rng_ranks,         # one entry per rank: each rank gets its own streams back
@@ -145,6 +157,9 @@ class Trainer:
         self.scheduler.load_state_dict(st["scheduler"])
         if self.objective is not None and st.get("objective"):
             self.objective.load_state_dict(st["objective"])
+        val = st.get("validation") or {}
+        self.val_seconds = float(val.get("seconds", 0.0))
+        self.best_step, self.best_rougeL = val.get("best_step"), val.get("best_rougeL")
         if hasattr(self.batch_source, "load_state_dict") and st.get("batch_source"):
             self.batch_source.load_state_dict(st["batch_source"])
         ranks = st.get("rng_ranks") or [st["rng"]]
@@ -258,6 +273,8 @@ class Trainer:
             self.teacher.model.eval()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.rank == 0),
                    desc="train", unit="step", dynamic_ncols=True)
+        if self.step == 0 and 0 in self.val_steps:
+            self.validate(bar)   # where every curve starts: the student before training
         with StopFlag() as stop:
             while self.step < self.total_steps:
                 telemetry = bool(self.telemetry_every) and self.step % self.telemetry_every == 0
@@ -269,6 +286,8 @@ class Trainer:
                 bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", "ratio") if k in row})
                 if self.on_step_end is not None:
                     self.on_step_end(self, row)
+                if self.step in self.val_steps:
+                    self.validate(bar)
                 if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint()
                 if stop.signum is not None:
@@ -278,8 +297,34 @@ class Trainer:
                                     f"{self.ckpt_dir}; run the same command again to resume")
         bar.close()
         self.save_checkpoint()
-        return TrainResult(steps=self.step, final_loss=self.last_loss, seconds=time.time() - t0,
-                           resumed_from=resumed, skipped_steps=self.skipped)
+        return TrainResult(steps=self.step, final_loss=self.last_loss, seconds=time.time() - t0 - self.val_seconds,
+                           resumed_from=resumed, skipped_steps=self.skipped, val_seconds=round(self.val_seconds, 2),
+                           best_step=self.best_step, best_rougeL=self.best_rougeL)
+
+    def validate(self, bar=None) -> Optional[Dict[str, Any]]:
+        """One dev validation (rank 0): its row goes to train_log.jsonl and the logger; the best dev ROUGE-L
+        so far is tracked (and, with select=best_dev, its weights saved to run_dir/best)."""
+        if self.validator is None or self.rank != 0:
+            return None
+        row = self.validator(self)
+        self.val_seconds += row["val_seconds"]
+        append_jsonl(self.log_path, row)
+        self.logger.log({f"val/{k[4:]}": v for k, v in row.items() if k.startswith("val_")}, step=self.step)
+        score = row.get("val_rougeL")
+        if score is not None and (self.best_rougeL is None or score > self.best_rougeL):
+            self.best_step, self.best_rougeL = self.step, score
+            if self.select == "best_dev":
+                ckpt.save(self.best_dir, self.step, self.student, {"step": self.step, "val_rougeL": score},
+                          keep_last=1)
+        if bar is not None:
+            bar.set_postfix({"dev_rougeL": f"{score:.3g}" if score is not None else "-",
+                             "dev_s": f"{self.val_seconds:.0f}"})
+        return row
+
+    def load_best(self) -> Optional[int]:
+        """select=best_dev: the best dev ROUGE-L's weights back into the student; the step they are from."""
+        found = ckpt.load_latest(self.best_dir, self.student)
+        return None if found is None else found[0]
 
     def _one_step(self, telemetry: bool) -> Optional[Dict[str, Any]]:
         self.optimizer.zero_grad(set_to_none=True)

@@ -71,7 +71,7 @@ PARAMS: dict[str, Any] = {
     "val_loss_rise": 0.1,           # by at least this much over the reference
     "val_reference": "last_rise",   # last_rise (the released code) | previous (the previous evaluation)
     "val_loss": "ce",               # ce: the student's CE, mean of per-batch means (released) | kd: the base divergence
-    "val_every": None,              # steps between validations; None: once per epoch; train.val_every wins
+    "val_every": None,              # steps between validations; None: once per epoch (train.val_every is another thing)
     "val_samples": 1000,            # dev examples used (None: all)
     "replay_ratio": "decreasing",   # share of p that samples fresh: decreasing (1 - step/total) | constant | increasing
     **SAMPLING_PARAMS,

@@ -1,0 +1,138 @@
+"""Identity: the names of run directories and caches, each a hash of exactly what determines the content.
+
+- A run directory is `<output_root>/runs/<name>-<hash>`: the hash covers the resolved config without the keys
+  that do not change results (NON_SEMANTIC_KEYS: where and how it runs, logging) and without the sections the
+  run's task does not use (experiment.tasks), plus the sha256 of the training (and dev) files of a file
+  dataset, so edited training data is another run. Benchmark test files are not part of it: a finished run
+  whose benchmark files changed is evaluated again in place (experiment.runner).
+- The teacher's key covers what shapes the teacher: its spec (not its device), the tokenizer, the training
+  data and its limits. It names the fine-tuned teacher cache and is recorded in a shipped checkpoint.
+- Caches (tokenizer, fine-tuned teacher, top-k teacher logits, SeqKD responses) live under
+  `<output_root>/cache/`.
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from .. import runinfo
+from ..data.benchmarks import DataError, benchmark_file, file_sha256_cached
+
+# Keys that do not change a run's results: left out of the run-directory hash.
+NON_SEMANTIC_KEYS = [
+    "logger", "run.baselines", "run.progress", "run.print_table", "run.output_root",
+    "eval.batch_size", "train.threads", "train.log_every", "train.ckpt_every", "train.keep_last",
+    # where and how it runs, not what it computes (world size / FSDP: docs/scale.md)
+    "train.fsdp", "train.preflight", "train.preflight_margin", "model.teacher.device", "model.student.device",
+]
+# The dataset keys that shape the training sequences (and so the teacher fine-tuned on them).
+DATA_KEYS = ("name", "train_split", "n_train", "seed", "tasks", "max_prompt_len", "max_len", "overlong",
+             "chat_template", "max_train_samples")
+
+
+def _drop(c: Dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = c
+    for p in parents:
+        node = node.get(p) or {}
+    if isinstance(node, dict):
+        node.pop(leaf, None)
+
+
+def semantic_config(cfg: DictConfig, unused: Iterable[str] = ()) -> Dict[str, Any]:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    for key in [*NON_SEMANTIC_KEYS, *unused]:
+        _drop(c, key)
+    if not (c.get("dataset") or {}).get("world"):   # only dataset=world has one: other runs keep their hash
+        (c.get("dataset") or {}).pop("world", None)
+    # The teacher cache off is the plain live-teacher run: the same directory as before the setting existed.
+    train = c.get("train") or {}
+    if not (train.get("teacher_cache") or {}).get("enabled", False):
+        train.pop("teacher_cache", None)
+    return c
+
+
+def training_files(cfg: DictConfig) -> List[Dict[str, str]]:
+    """(split, sha256) of the files a file dataset trains and validates on; none for generated datasets.
+    A file that is not there yet contributes nothing (the run then fails on reading its data)."""
+    ds = cfg.dataset
+    if ds.name in ("synthetic", "world"):
+        return []
+    out = []
+    for split in dict.fromkeys([str(ds.train_split), "dev"]):
+        try:
+            path = benchmark_file(ds.name, ds.root, split=split, hub_repo=ds.get("hub_repo"))
+        except DataError:
+            continue
+        out.append({"split": split, "sha256": file_sha256_cached(path)})
+    return out
+
+
+def run_dir(cfg: DictConfig, name: str, unused: Iterable[str] = ()) -> Path:
+    ident: Dict[str, Any] = semantic_config(cfg, unused)
+    files = training_files(cfg)
+    if files:   # generated datasets keep the hash they always had
+        ident = {"config": ident, "training_files": files}
+    return Path(cfg.run.output_root).absolute() / "runs" / f"{name}-{runinfo.config_hash(ident)}"
+
+
+def teacher_key(cfg: DictConfig) -> str:
+    """Identity of the teacher a run needs: architecture / source, tokenizer, training data and recipe."""
+    ds = cfg.dataset
+    data_key: Dict[str, Any] = {k: ds.get(k) for k in DATA_KEYS}
+    world = ds.get("world")
+    if world:
+        data_key["world"] = OmegaConf.to_container(world, resolve=True) if OmegaConf.is_config(world) else world
+    files = training_files(cfg)
+    if files:
+        data_key["files"] = files
+    teacher = OmegaConf.to_container(cfg.model.teacher, resolve=True)
+    teacher.pop("device", None)   # where it runs is not what it is
+    return runinfo.config_hash({"teacher": teacher, "tokenizer": cfg.model.tokenizer,
+                                "vocab": cfg.model.tokenizer_vocab, "data": data_key})
+
+
+def cache_root(cfg: DictConfig) -> Path:
+    return Path(cfg.run.output_root).absolute() / "cache"
+
+
+def finetuned_teacher_dir(cfg: DictConfig) -> Path:
+    return cache_root(cfg) / "teacher" / teacher_key(cfg)
+
+
+def tokenizer_dir(cfg: DictConfig) -> Path:
+    """The BPE trained on the generated corpus, by what determines it."""
+    ds = cfg.dataset
+    key: Dict[str, Any] = {"vocab": cfg.model.tokenizer_vocab, "n_train": ds.n_train, "seed": ds.seed,
+                           "tasks": ds.tasks}
+    if ds.name != "synthetic":
+        key["dataset"] = ds.name
+        if ds.get("world"):
+            key["world"] = OmegaConf.to_container(ds.world, resolve=True)
+    return cache_root(cfg) / "tokenizer" / runinfo.config_hash(key)
+
+
+def topk_cache_dir(cfg: DictConfig, key: str) -> Path:
+    return cache_root(cfg) / "teacher_topk" / key
+
+
+def seqkd_root(cfg: DictConfig) -> Path:
+    return cache_root(cfg) / "seqkd"
+
+
+def asset_dir(spec: Optional[str]) -> Optional[Path]:
+    """A model directory named in a config: `builtin:<name>` is the package's assets/<name>."""
+    if not spec:
+        return None
+    if str(spec).startswith("builtin:"):
+        return Path(str(resources.files("adakd") / "assets" / str(spec)[len("builtin:"):]))
+    return Path(spec)
+
+
+def model_path(spec: str) -> str:
+    """The path or hub id to load: `builtin:<name>` resolved to the package's asset, anything else as written
+    (a relative path keeps its ./ so it is not taken for a hub id)."""
+    return str(asset_dir(spec)) if str(spec).startswith("builtin:") else str(spec)

@@ -1,0 +1,59 @@
+"""The batch source of method.recipe (training.recipes), built from the config: GKD's on-policy samples,
+DistiLLM's adaptive off-policy sampling with its replay buffer and dev loss, SeqKD's cached teacher
+responses. None for offline and sft."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from ..training import distributed
+from ..training.recipes import (AdaptiveProbability, BatchSource, DistiLLMSource, GKDSource, Sampling,
+                                SeqKDSource, recipe_params)
+from .context import Context
+from .data import RunData, encoded_dev, encoded_train
+from .identity import seqkd_root, teacher_key
+
+log = logging.getLogger(__name__)
+
+
+def build_recipe(cfg: DictConfig, *, student, teacher, tokenizer, data: RunData, ctx: Context, device,
+                 run_dir: Path) -> Optional[BatchSource]:
+    recipe = cfg.method.recipe
+    if recipe in ("offline", "sft"):
+        return None
+    p = recipe_params(recipe, cfg.method.get("recipe_params"))
+    rank = distributed.info().rank
+    max_len = int(cfg.dataset.max_len)
+    micro = int(cfg.train.micro_batch)
+    if recipe == "gkd":
+        return GKDSource(student=student, tokenizer=tokenizer, seed=int(cfg.train.seed), lam=float(p["lambda"]),
+                         sampling=Sampling.from_params(p, micro), max_len=max_len, run_dir=run_dir, rank=rank)
+    if recipe == "distillm":
+        n = int(p["val_samples"]) if p["val_samples"] else None
+        dev = encoded_dev(cfg, tokenizer, data, ctx, n) if data.dev else []
+        val_every = int(p["val_every"] or 0)
+        if not val_every:   # the released code: once per epoch (eval_interval -1)
+            n_train = len(encoded_train(cfg, tokenizer, data, ctx))
+            val_every = max(1, math.ceil(n_train / int(cfg.train.global_batch)))
+        schedule = AdaptiveProbability(init=float(p["prob_init"]), step=float(p["prob_step"]),
+                                       rise=float(p["val_loss_rise"]), maximum=float(p["prob_max"]),
+                                       reference=str(p["val_reference"]))
+        return DistiLLMSource(student=student, teacher=teacher, tokenizer=tokenizer, seed=int(cfg.train.seed),
+                              dev=dev, divergence=str(cfg.method.divergence),
+                              div_params=dict(cfg.method.get("params") or {}), schedule=schedule,
+                              capacity=int(p["replay_capacity"]), replay_ratio=str(p["replay_ratio"]),
+                              val_every=val_every, val_loss=str(p["val_loss"]), val_batch=micro,
+                              chunk_size=int(cfg.train.loss_chunk_size), sampling=Sampling.from_params(p, micro),
+                              max_len=max_len, run_dir=run_dir, rank=rank)
+    if recipe == "seqkd":
+        if float(cfg.method.kd_ratio) == 0.0 and (cfg.adakd.latf or cfg.adakd.idts):
+            log.warning("method=seqkd with kd_ratio=0 trains by cross-entropy on the teacher's responses: there "
+                        "is no token-level KD loss for AdaKD to wrap; set method.kd_ratio > 0 for that")
+        return SeqKDSource(teacher=teacher, tokenizer=tokenizer, cache_root=seqkd_root(cfg),
+                           teacher_key=teacher_key(cfg), sampling=Sampling.from_params(p, 32), seed=int(p["seed"]),
+                           max_len=max_len, run_dir=run_dir, rank=rank, progress=bool(cfg.run.progress))
+    raise ValueError(f"unknown recipe {recipe!r}")

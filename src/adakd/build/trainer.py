@@ -1,0 +1,123 @@
+"""The trainer of a run, wired: the encoded training sequences, the teacher side (the live teacher, or its
+top-k log-probabilities from the cache), the objective (method + AdaKD), the recipe's batch source, dev
+validation, FSDP or data-parallel replicas."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from omegaconf import DictConfig
+
+from ..data.prompts import collate_train
+from ..kd.losses import build_divergence
+from ..kd.objective import build_objective, shared_vocab
+from ..models import lm_parts
+from ..training import distributed
+from ..training.loop import Trainer
+from ..training.schedule import total_steps
+from ..training.teachers import CachedTeacher
+from ..training.topk_cache import TAIL_SENSITIVE, TeacherCache, build as build_topk, cache_key
+from ..training.validation import Validator, validation_steps
+from .context import Context
+from .data import RunData, encoded_dev, encoded_train
+from .devices import autocast_dtype
+from .identity import teacher_key, topk_cache_dir
+from .recipes import build_recipe
+from .teacher import get_teacher
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunData, ctx: Context, device, logger,
+                  *, with_teacher: bool = True) -> Tuple[Trainer, Optional[torch.nn.Module]]:
+    """(trainer, the teacher model or None). `with_teacher`: the task distils (else SFT)."""
+    encoded = encoded_train(cfg, tokenizer, data, ctx)
+    total = total_steps(cfg.train.steps, float(cfg.train.epochs), len(encoded), int(cfg.train.global_batch))
+    teacher, objective = None, None
+    if with_teacher:
+        teacher, _ = get_teacher(cfg, tokenizer, data, ctx, device)
+        objective = build_objective(cfg.method, cfg.adakd, total_steps=total, impl=cfg.train.loss_impl,
+                                    chunk_size=cfg.train.loss_chunk_size, seed=int(cfg.train.seed),
+                                    teacher_cache=cfg.train.teacher_cache,
+                                    logit_cache_mb=float(cfg.train.fused_logit_cache_mb))
+    d = distributed.info()
+    amp = autocast_dtype(cfg.train.precision, device)
+    student_vocab = int(lm_parts(student)[1].weight.shape[0])   # before any FSDP wrapping
+    if cfg.train.fsdp and d.enabled:
+        if objective is not None and list(objective.parameters()):
+            raise ValueError("train.fsdp=true with a learnable objective parameter (adakd.temperature=ctkd) "
+                             "is not supported; use plain data parallel (train.fsdp=false)")
+        student = distributed.wrap_fsdp(student, param_dtype=amp, device=device)
+    elif cfg.train.fsdp:
+        log.warning("train.fsdp=true ignored: one process (launch with torchrun for FSDP; docs/scale.md)")
+    elif d.enabled:
+        distributed.broadcast_params(student)   # every replica starts from rank 0's weights, as DDP does
+    batch_source = build_recipe(cfg, student=student, teacher=teacher, tokenizer=tokenizer, data=data, ctx=ctx,
+                                device=device, run_dir=run_dir) if with_teacher else None
+    if hasattr(batch_source, "train_data"):   # seqkd: the teacher's (cached) responses replace the dataset's
+        encoded = batch_source.train_data(encoded)
+    teacher_source = teacher
+    if teacher is not None and cfg.train.teacher_cache.enabled:   # off-policy: the teacher's top-k from disk
+        teacher_source = CachedTeacher(topk_cache(cfg, teacher, encoded, student_vocab=student_vocab,
+                                                  pad_id=tokenizer.pad_token_id, autocast=amp))
+    steps_per_epoch = None if cfg.train.steps else max(1, math.ceil(len(encoded) / int(cfg.train.global_batch)))
+    trainer = Trainer(
+        student=student, teacher=teacher_source, train_data=encoded,
+        collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective,
+        method_cfg=cfg.method, train_cfg=cfg.train, run_dir=run_dir, logger=logger, device=device,
+        total_steps=total, progress=cfg.run.progress, batch_source=batch_source,
+        telemetry_every=int(cfg.adakd.telemetry_every) if objective is not None else 0,
+        autocast_dtype=amp, world_size=d.world_size, rank=d.rank,
+        on_step_end=getattr(batch_source, "on_step_end", None),
+        validator=validator(cfg, tokenizer, data, ctx, teacher) if data.dev else None,
+        val_steps=validation_steps(cfg.train.val_every, total, steps_per_epoch) if data.dev else (),
+        select=str(cfg.train.select),
+    )
+    return trainer, teacher
+
+
+def validator(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, teacher) -> Validator:
+    """Dev validation: CE and the plain base divergence on every dev example, ROUGE-L of generations on the
+    first train.val_samples, sampled as the evaluation protocol samples (its first seed)."""
+    e = cfg.eval
+    n = int(cfg.train.val_samples)
+    divergence = None
+    if teacher is not None and cfg.method.divergence not in (None, "none"):
+        divergence = build_divergence(str(cfg.method.divergence), **dict(cfg.method.get("params") or {}))
+    generation = {k: e[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "no_repeat_ngram_size",
+                                    "batch_size", "max_prompt_len", "prompt_truncation")}
+    return Validator(encoded=encoded_dev(cfg, tokenizer, data, ctx), examples=list(data.dev[:n]),
+                     tokenizer=tokenizer, teacher=teacher, divergence=divergence, generation=generation,
+                     seed=int(e.seeds[0]), batch_size=int(cfg.train.micro_batch),
+                     chunk_size=int(cfg.train.loss_chunk_size))
+
+
+def topk_cache(cfg: DictConfig, teacher, examples, *, student_vocab: int, pad_id: int,
+               autocast: Optional[torch.dtype]) -> TeacherCache:
+    """The top-k cache of (teacher, these training sequences, k): built by rank 0 if missing, then opened."""
+    tc = cfg.train.teacher_cache
+    if cfg.method.divergence in TAIL_SENSITIVE and str(tc.form) == "buckets":
+        log.warning("train.teacher_cache.form=buckets with method.divergence=%s: this divergence depends on the "
+                    "teacher's probability of every token the student puts mass on; buckets merge the teacher's "
+                    "tail into one, so while the student is far from the teacher its loss and gradient are far "
+                    "off. Use form=dense (the default), a larger k, or the live teacher (docs/recipes.md)",
+                    cfg.method.divergence)
+    teacher_vocab = int(lm_parts(teacher)[1].weight.shape[0])
+    vocab = shared_vocab(student_vocab, teacher_vocab)
+    k = min(int(tc.k), vocab - 1)
+    if k != int(tc.k):
+        log.warning("train.teacher_cache.k=%d >= the vocabulary (%d): using k=%d", tc.k, vocab, k)
+    key = teacher_key(cfg)
+    path = topk_cache_dir(cfg, cache_key(key, examples, k, vocab))
+    if not (path / "meta.json").exists() and distributed.info().is_main:
+        build_topk(teacher, examples, path, k=k, vocab=vocab, pad_id=pad_id, device=next(teacher.parameters()).device,
+                   batch_size=int(cfg.train.micro_batch), chunk_size=int(cfg.train.loss_chunk_size),
+                   autocast_dtype=autocast, progress=bool(cfg.run.progress), extra_meta={"teacher": key})
+    distributed.barrier()
+    cache = TeacherCache(path)
+    log.info("teacher cache %s: %d sequences, %d tokens, k=%d, %.1f MB", path, len(cache), cache.n_tokens, cache.k,
+             cache.disk_bytes / 2 ** 20)
+    return cache
