@@ -29,7 +29,7 @@ def test_every_group_option_composes(group, option):
         return   # recipe presets are validated by their own tests
     if group == "model" and option == "smollm2-offline" and not Path(cfg.model.teacher.path).exists():
         return   # its teacher is made by `make models` (tests/test_models.py)
-    if group == "model" and option == "world" and not model_dir(cfg.model.student.path).exists():
+    if cfg.model.name == "world" and not model_dir(cfg.model.student.path).exists():
         return   # the world miniature's base models are made by `make world-models`
     validate_config(cfg)
 

@@ -143,9 +143,8 @@ class World:
 @dataclass(frozen=True)
 class WorldSpec:
     """The size of the world (dataset.world in the config)."""
-    # Small on purpose (48 people, 20 towns, 16 species, 8 artifacts): every fact is stated a few hundred
-    # times in the corpus. Even so, 2-4 M parameter LMs pretrained on the CPU budget (~480 steps) learn the
-    # world's language and inventory but bind few individual facts to names (docs/world.md, fact recall).
+    # Small on purpose (48 people, 20 towns, 16 species, 8 artifacts): every fact is stated many times in a
+    # corpus a CPU can pretrain on (docs/world.md).
     seed: int = 0
     n_lands: int = 4
     towns_per_land: int = 5
