@@ -208,3 +208,13 @@ def test_a_teacher_row_is_one_run_for_every_training_seed():
     t.train_seeds = [10, 20]
     c = cells(t)["teacher"][AVG]
     assert (c.n, c.mean, c.std, c.gen_std) == (1, 30.0, 0.0, pytest.approx(1.0))
+
+
+def test_the_sweeps_own_axes_are_read_from_its_overrides(tmp_path):
+    """`train.seed=a,b` and `table.row=a,b` as the sweep was given them: seeds and the rows it ran."""
+    rest, seeds, rows = tables.split_sweep_overrides(["train.seed=10,20", "table.row=none,idts", "eval.seeds=[1]"])
+    assert (rest, seeds, rows) == (["eval.seeds=[1]"], [10, 20], ["none", "idts"])
+    t = tables.collect("table2", "smoke", [f"run.output_root={tmp_path}", "table.row=none,idts"])
+    assert [r.id for r in t.rows] == ["none", "idts"]
+    with pytest.raises(tables.ConfigError, match="not rows of table2"):
+        tables.collect("table2", "smoke", [f"run.output_root={tmp_path}", "table.row=nope"])

@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from ..errors import RunLocked
 from ..io import atomic_write_json
 from ..training.signals import Preempted
 from . import runner
@@ -83,7 +84,8 @@ def run_job(cfg: DictConfig) -> Dict[str, Any]:
         tb = traceback.format_exc()
         status.update(error=f"{type(e).__name__}: {e}", traceback=tb)
         log.error("job failed (%s): %s\n%s", " ".join(overrides), status["error"], tb)
-        if run_dir is not None:
+        # a directory held by another process is that process's: its outcome, not this refusal, goes there
+        if run_dir is not None and not isinstance(e, RunLocked):
             try:
                 atomic_write_json(run_dir / FAILURE_FILE,
                                   {**status, "time": time.strftime("%Y-%m-%d %H:%M:%S")})

@@ -104,9 +104,10 @@ def _composer():
     return (lambda ovs: compose("config", overrides=ovs)), ctx
 
 
-def split_train_seeds(overrides: Sequence[str]) -> Tuple[List[str], List[int]]:
-    """(the other overrides, the training seeds of a `train.seed=a,b,c` sweep override, if any)."""
-    rest, seeds = [], []
+def split_sweep_overrides(overrides: Sequence[str]) -> Tuple[List[str], List[int], List[str]]:
+    """The sweep's own axes among the overrides the sweep was given: (the other overrides, the training seeds
+    of a `train.seed=a,b,c`, the rows of a `table.row=a,b` that swept only some rows)."""
+    rest, seeds, rows = [], [], []
     for o in overrides:
         key, _, value = o.partition("=")
         if key == "train.seed" and "," in value:
@@ -114,9 +115,11 @@ def split_train_seeds(overrides: Sequence[str]) -> Tuple[List[str], List[int]]:
                 seeds = [int(v) for v in value.split(",")]
             except ValueError:
                 raise ConfigError(f"{o}: training seeds must be integers") from None
+        elif key == ROW_KEY:
+            rows = [v for v in value.split(",") if v]
         else:
             rest.append(o)
-    return rest, seeds
+    return rest, seeds, rows
 
 
 def _read_run(row: Row, rd: Path) -> Optional[Dict[str, Any]]:
@@ -162,7 +165,7 @@ def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = 
     per training seed where there are training seeds: the argument, a train.seed=a,b,c override, or the
     table's `train_seeds`)."""
     preset = preset_for(table)
-    extra, swept = split_train_seeds([o for o in overrides if not _is_hydra_override(o)])
+    extra, swept, only = split_sweep_overrides([o for o in overrides if not _is_hydra_override(o)])
     base_ovs = [f"experiment={preset}"] + ([f"scale={scale}"] if scale and scale != "none" else []) + extra
     compose, ctx = _composer()
     try:
@@ -179,7 +182,12 @@ def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = 
         spec = OmegaConf.to_container(base.table, resolve=True)
         seeds = [int(x) for x in (train_seeds or swept or spec.get("train_seeds") or [])]
         rows: List[Row] = []
+        unknown = [r for r in only if r not in (spec.get("rows") or {})]
+        if unknown:
+            raise ConfigError(f"table.row: {unknown} not rows of {table}; rows: {list(spec.get('rows') or {})}")
         for rid, r in (spec.get("rows") or {}).items():
+            if only and rid not in only:   # the sweep ran some rows only: the table is those
+                continue
             paper = r.get("paper")
             if paper is not None and not isinstance(paper, dict):
                 paper = {spec.get("paper_scale", "qwen2"): paper}
