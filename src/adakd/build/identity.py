@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import runinfo
 from ..data.benchmarks import DataError, benchmark_file, file_sha256_cached
+from .data import GENERATED
 
 # Keys that do not change a run's results: left out of the run-directory hash.
 NON_SEMANTIC_KEYS = [
@@ -59,7 +60,7 @@ def training_files(cfg: DictConfig) -> List[Dict[str, str]]:
     """(split, sha256) of the files a file dataset trains and validates on; none for generated datasets.
     A file that is not there yet contributes nothing (the run then fails on reading its data)."""
     ds = cfg.dataset
-    if ds.name in ("synthetic", "world"):
+    if ds.name in GENERATED:
         return []
     out = []
     for split in dict.fromkeys([str(ds.train_split), "dev"]):

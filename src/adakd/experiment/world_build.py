@@ -36,6 +36,7 @@ runs on a 2-core machine (two threads contending with another process ran ~3x sl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,7 +48,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
@@ -64,6 +64,7 @@ from ..models import (file_sha256, load_tokenizer, model_from_arch, save_model, 
 from ..schema import TrainConfig
 from ..tracking import NullLogger
 from ..training.loop import Trainer
+from ..training.validation import dev_losses
 from .config_store import register_configs
 
 log = logging.getLogger(__name__)
@@ -127,19 +128,14 @@ def pack(tokenizer, texts: Sequence[str], seq_len: int) -> List[Dict[str, List[i
             for i in range(0, len(stream) - seq_len + 1, seq_len)]
 
 
-@torch.no_grad()
 def lm_loss(model, examples: Sequence[Dict[str, List[int]]], pad_id: int, batch: int = 16) -> float:
-    """Mean next-token cross-entropy (nats/token) over every target of packed LM examples."""
+    """Mean next-token cross-entropy (nats/token) over every target of packed LM examples (the dev CE of
+    training.validation: labels == input_ids make every position a target)."""
     model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(examples), batch):
-        b = collate_train(list(examples[i:i + batch]), pad_id)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
-        tgt = b["labels"][:, 1:]
-        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1),
-                                       ignore_index=-100, reduction="sum"))
-        count += int((tgt != -100).sum())
-    return total / max(1, count)
+    cpu = torch.device("cpu")
+    losses = dev_losses(model, None, None, examples, pad_id=pad_id, device=cpu, teacher_device=cpu,
+                        autocast=lambda _device: contextlib.nullcontext(), batch_size=batch, chunk_size=1024)
+    return losses["ce_sum"] / max(1, losses["tokens"])
 
 
 def corpus_examples(tokenizer, recipe: Dict[str, Any], world_spec: Dict[str, Any], stream: str):
