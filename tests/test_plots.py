@@ -5,7 +5,10 @@ import json
 import math
 import random
 
-from adakd.experiment.plots import hard_easy_tau, plot_run, plot_table
+import pytest
+
+from adakd.experiment.plots import (difficulty_spread, hard_easy_tau, mid_training_rows, plot_difficulty_mid,
+                                   plot_run, plot_table)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -72,3 +75,27 @@ def test_plot_table(tmp_path):
     p = plot_table(bars, tmp_path / "t.png", title="T")
     assert p.read_bytes()[:8] == PNG
     assert plot_table([], tmp_path / "none.png") is None
+
+
+def test_difficulty_spread_bands_and_median():
+    s = difficulty_spread([0.05, 0.1, 0.3, 0.5, 0.51, 0.9])
+    assert s["tokens"] == 6
+    assert s["below"] == pytest.approx(1 / 6) and s["inside"] == pytest.approx(3 / 6)   # 0.1 and 0.5 inclusive
+    assert s["above"] == pytest.approx(2 / 6) and s["median"] == pytest.approx(0.4)
+    assert difficulty_spread([0.2, 0.7, 0.01])["median"] == 0.2
+    with pytest.raises(ValueError):
+        difficulty_spread([])
+
+
+def test_mid_training_rows_and_histogram(tmp_path):
+    _fake_run(tmp_path, steps=60, every=10)        # telemetry at steps 1, 11, ..., 51; middle step 30
+    rows = mid_training_rows([json.loads(x) for x in (tmp_path / "telemetry.jsonl").read_text().splitlines()], 60)
+    assert [r["step"] for r in rows] == [21, 31]
+    out = plot_difficulty_mid(tmp_path, tmp_path / "mid.png")
+    assert out["steps"] == [21, 31] and out["total_steps"] == 60 and out["tokens"] == 100
+    vals = [d for r in rows for d in r["difficulty"]]
+    assert out["inside"] == pytest.approx(sum(0.1 <= v <= 0.5 for v in vals) / 100)
+    assert (tmp_path / "mid.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "telemetry.jsonl").write_text("")
+    with pytest.raises(ValueError, match="telemetry"):
+        plot_difficulty_mid(tmp_path, tmp_path / "none.png")

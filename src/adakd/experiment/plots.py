@@ -345,3 +345,51 @@ def plot_table(bars: Sequence[Dict[str, Any]], path: str | Path, title: str = ""
     ax.set_ylabel(ylabel + (f"\n(axis starts at {bottom:.1f})" if bottom > 0 else ""), fontsize=9)
     ax.set_title(textwrap.fill(title, int(width * 10)), fontsize=9)
     return _save(fig, Path(path))
+
+
+# ------------------------------------------------------------------ the difficulty spread at mid-training
+DIFFICULTY_BANDS = (0.1, 0.5)   # issue 12's regime figure: the share of tokens with s_i in [0.1, 0.5]
+
+
+def mid_training_rows(tele: Sequence[Dict[str, Any]], total_steps: int, n: int = 2) -> List[Dict[str, Any]]:
+    """The `n` telemetry rows with difficulties whose steps are nearest to total_steps / 2 (in step order)."""
+    rows = [r for r in tele if r.get("difficulty") and "step" in r]
+    rows = sorted(rows, key=lambda r: (abs(r["step"] - total_steps / 2), r["step"]))[:n]
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def difficulty_spread(values: Sequence[float], bands: Tuple[float, float] = DIFFICULTY_BANDS) -> Dict[str, float]:
+    """Shares of tokens below, inside (inclusive) and above the band, and the median, of difficulties."""
+    lo, hi = bands
+    v = sorted(float(x) for x in values)
+    if not v:
+        raise ValueError("no difficulties to summarise")
+    m = len(v)
+    med = v[m // 2] if m % 2 else 0.5 * (v[m // 2 - 1] + v[m // 2])
+    return {"tokens": m, "below": sum(x < lo for x in v) / m, "inside": sum(lo <= x <= hi for x in v) / m,
+            "above": sum(x > hi for x in v) / m, "median": med}
+
+
+def plot_difficulty_mid(run_dir: str | Path, path: str | Path, n_rows: int = 2) -> Dict[str, Any]:
+    """Histogram of every valid token's Hellinger difficulty in the telemetry rows nearest mid-training
+    (kept or not), with the band shares of `difficulty_spread`; returns those figures and the steps used.
+    The run's total steps are the last step of its train_log.jsonl."""
+    run_dir = Path(run_dir)
+    train = read_jsonl(run_dir / "train_log.jsonl")
+    total = max((int(r["step"]) for r in train if "step" in r), default=0)
+    rows = mid_training_rows(read_jsonl(run_dir / "telemetry.jsonl"), total, n_rows)
+    if not rows:
+        raise ValueError(f"{run_dir}: no telemetry rows with difficulties (adakd.telemetry_every > 0 is needed)")
+    values = [float(d) for r in rows for d in r["difficulty"]]
+    spread = {**difficulty_spread(values), "steps": [r["step"] for r in rows], "total_steps": total}
+    fig, (ax,) = _figure(5.5, 3.6)
+    ax.hist(values, bins=[i / 50 for i in range(51)], color=KEPT, alpha=0.8)
+    for b in DIFFICULTY_BANDS:
+        ax.axvline(b, color="black", lw=0.8, ls=":")
+    ax.set_xlabel("Hellinger difficulty s_i")
+    ax.set_ylabel("tokens")
+    ax.set_title(f"steps {', '.join(map(str, spread['steps']))} of {total}: {spread['inside']:.0%} in "
+                 f"[{DIFFICULTY_BANDS[0]}, {DIFFICULTY_BANDS[1]}], median {spread['median']:.3f}", fontsize=9)
+    fig.suptitle(run_dir.name, fontsize=9)
+    spread["figure"] = str(_save(fig, Path(path)))
+    return spread

@@ -4,9 +4,13 @@
     packed as in pretraining (adakd.experiment.world_build);
 (b) the fine-tuned teacher's mean next-token entropy (nats) on the reference responses of world-test,
     teacher-forced, response tokens only (with the cross-entropy of the reference beside it);
-(c) the same for the untrained student (world-student, pretrained, not instruction-tuned).
+(c) the same for the untrained student (world-student, pretrained, not instruction-tuned);
+(d) with --difficulty RUN_DIR (a plain-rkl run, e.g. `adakd-run method=rkl adakd=none`): the histogram of the
+    Hellinger difficulty of every token in the telemetry rows nearest mid-training, and the share of tokens
+    with s_i in [0.1, 0.5] (plots.plot_difficulty_mid; the figure goes to --figure).
 
     python -m adakd.experiment.world_probe [--assets DIR] [--threads N] [--samples N] [--out FILE]
+                                           [--difficulty RUN_DIR [--figure PNG]]
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from ..data.prompts import collate_train
 from ..io import atomic_write_json
 from ..models import load_pretrained, load_tokenizer, verify_checksum
 from ..training.forward import head_logits, hidden_at, response_positions
+from .plots import plot_difficulty_mid
 from .world_build import RECIPE, compose_world, corpus_examples, lm_loss, package_assets
 
 
@@ -65,15 +70,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--samples", type=int, default=200, help="world-test examples (first N)")
     ap.add_argument("--out", default="outputs/world_probe.json")
+    ap.add_argument("--difficulty", default=None, metavar="RUN_DIR",
+                    help="a plain-rkl run directory: its mid-training difficulty histogram")
+    ap.add_argument("--figure", default="outputs/world-difficulty-mid.png")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     r = probe(Path(args.assets) if args.assets else package_assets(), args.samples)
+    if args.difficulty:
+        r["difficulty_mid"] = plot_difficulty_mid(args.difficulty, args.figure)
     print(f"{'model':<22}{'figure':<44}{'nats':>8}")
     for name, loss in r["heldout_lm_loss"].items():
         print(f"{name:<22}{'held-out LM loss (ppl %.3f)' % math.exp(loss):<44}{loss:8.4f}")
     for name, s in r["world_test_response"].items():
         print(f"{name:<22}{'world-test response entropy (%d tokens)' % s['tokens']:<44}{s['entropy']:8.4f}")
         print(f"{name:<22}{'world-test reference CE':<44}{s['ce']:8.4f}")
+    d = r.get("difficulty_mid")
+    if d:
+        print(f"difficulty at steps {d['steps']} of {d['total_steps']} ({d['tokens']} tokens): "
+              f"{d['below']:.1%} < 0.1, {d['inside']:.1%} in [0.1, 0.5], {d['above']:.1%} > 0.5, "
+              f"median {d['median']:.3f} -> {d['figure']}")
     atomic_write_json(Path(args.out), r)
     print(f"-> {args.out}")
 
