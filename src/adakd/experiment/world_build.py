@@ -24,8 +24,8 @@ when its recipe key matches):
 
 Budget (RECIPE): 50,000 passages (~1.9 M tokens in 7,280 sequences of 256); each base LM 500 steps of
 16 x 256 tokens (~1.1 epochs), AdamW lr 1.5e-3 -> 1.5e-4 cosine after 50 warm-up steps, wd 0.01, clip 1.0;
-then the fixed fine-tune (conf/model/world.yaml: 4 epochs of 2,000 examples = 500 steps). About 18 minutes
-on one thread of a loaded 2-core machine (teacher base ~1.25 s/step, student ~0.33 s/step, fine-tune
+then the fixed fine-tune (conf/model/world.yaml: 8 epochs of 2,000 examples = 1,000 steps). About 23 minutes
+on one thread of a loaded 2-core machine (teacher base ~1.1 s/step, student ~0.33 s/step, fine-tune
 ~0.5 s/step). The student pretrained half as long (250 steps) reached 1.452: the gap does not need it.
 
 Everything is seeded and step-based with a fixed thread count (--threads, recorded in the checkpoints and in
