@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import math
+import statistics
 import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -361,13 +362,12 @@ def mid_training_rows(tele: Sequence[Dict[str, Any]], total_steps: int, n: int =
 def difficulty_spread(values: Sequence[float], bands: Tuple[float, float] = DIFFICULTY_BANDS) -> Dict[str, float]:
     """Shares of tokens below, inside (inclusive) and above the band, and the median, of difficulties."""
     lo, hi = bands
-    v = sorted(float(x) for x in values)
+    v = [float(x) for x in values]
     if not v:
         raise ValueError("no difficulties to summarise")
     m = len(v)
-    med = v[m // 2] if m % 2 else 0.5 * (v[m // 2 - 1] + v[m // 2])
     return {"tokens": m, "below": sum(x < lo for x in v) / m, "inside": sum(lo <= x <= hi for x in v) / m,
-            "above": sum(x > hi for x in v) / m, "median": med}
+            "above": sum(x > hi for x in v) / m, "median": statistics.median(v)}
 
 
 def plot_difficulty_mid(run_dir: str | Path, path: str | Path, n_rows: int = 2) -> Dict[str, Any]:
