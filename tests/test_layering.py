@@ -22,7 +22,8 @@ LAYERS: List[List[str]] = [
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 # Imported inside functions on purpose: optional, or heavy and needed by few commands.
 LOCAL_OK = ("peft", "wandb", "matplotlib", "huggingface_hub", "torch.distributed.fsdp",
-            "torch.distributed.device_mesh", "torch.distributed.checkpoint", "trl", "liger_kernel")
+            "torch.distributed.device_mesh", "torch.distributed.checkpoint", "trl", "liger_kernel",
+            "vllm")
 
 
 def module_name(path: Path) -> str:

@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 from .base import BatchSource
-from .common import Sampling
+from .common import ENGINES, PolicyEngine, Sampling
 from .distillm import (
     REPLAY_RATIOS,
     VAL_LOSSES,
@@ -85,6 +85,11 @@ def check_recipe_params(recipe: str, params: dict[str, Any] | None) -> list[str]
         rng("gen_batch_size", 1, integer=True, optional=True)
         if p.get("top_p") == 0:
             errors.append("method.recipe_params.top_p=0 keeps no token; use (0, 1]")
+        if p.get("engine") not in ENGINES:
+            errors.append(f"method.recipe_params.engine={p.get('engine')!r} is not valid; choose one of "
+                          f"{list(ENGINES)} (null: as eval.engine)")
+    if recipe in ON_POLICY:
+        rng("refresh_every", 1, integer=True)
     if recipe == "gkd":
         rng("lambda", 0.0, 1.0)
     if recipe == "distillm":
@@ -106,5 +111,5 @@ def check_recipe_params(recipe: str, params: dict[str, Any] | None) -> list[str]
 
 __all__ = [
     "ON_POLICY", "RECIPE_DEFAULTS", "AdaptiveProbability", "BatchSource", "DistiLLMSource", "GKDSource",
-    "RECIPES", "ReplayBuffer", "Sampling", "SeqKDSource", "check_recipe_params", "recipe_params",
+    "PolicyEngine", "RECIPES", "ReplayBuffer", "Sampling", "SeqKDSource", "check_recipe_params", "recipe_params",
 ]
