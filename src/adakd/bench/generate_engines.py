@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,6 +32,8 @@ from adakd import models
 def run(args) -> dict:
     if not vllm_available():
         return {"benchmark": "generate_engines", "skipped": "vLLM is not installed (make install-vllm)"}
+    if not str(args.model).startswith("builtin:") and not (Path(args.model) / "config.json").is_file():
+        return {"benchmark": "generate_engines", "skipped": f"no model at {args.model} (make models)"}
     if args.threads:
         torch.set_num_threads(args.threads)
     path = model_path(args.model)
