@@ -100,7 +100,7 @@ def test_find_layers_refuses_a_model_without_blocks():
 
 
 def test_pipeline_builds_a_pruned_student_in_float32():
-    from adakd.build.construct import build_model as _build
+    from adakd.assemble.construct import build_model as _build
     teacher = tiny_llama(n_layers=4).to(torch.bfloat16)
     spec = OmegaConf.create({"source": "pruned", "keep_layers": [0, 3], "every_k": None, "dtype": "bfloat16"})
     student = _build(spec, tokenizer=None, teacher=teacher, device=torch.device("cpu"))
@@ -136,8 +136,8 @@ def test_different_tokenizers_are_refused(tmp_path):
 
 
 def test_pipeline_refuses_a_student_with_another_tokenizer(tmp_path):
-    from adakd.build.tokenizer import check_pair_tokenizers
-    from adakd.build.context import Context
+    from adakd.assemble.tokenizer import check_pair_tokenizers
+    from adakd.assemble.context import Context
     from adakd.schema import RunConfig
     teacher_tok = tiny_tokenizer(300)
     other = tiny_tokenizer.__wrapped__(280)
@@ -193,8 +193,8 @@ def test_lora_refuses_unknown_settings():
 
 
 def test_get_student_with_lora_and_checkpointing():
-    from adakd.build.student import get_student
-    from adakd.build.context import Context
+    from adakd.assemble.student import get_student
+    from adakd.assemble.context import Context
     from adakd.schema import RunConfig
     tok = tiny_tokenizer(300)
     cfg = OmegaConf.structured(RunConfig)
@@ -217,7 +217,7 @@ def test_get_student_with_lora_and_checkpointing():
 
 # --------------------------------------------------------------------------------- local models, dtype
 def test_local_model_checksum_is_verified(tmp_path):
-    from adakd.build.construct import build_model as _build
+    from adakd.assemble.construct import build_model as _build
     model = tiny_gpt2(97, seed=0, n_layer=1, n_embd=32)
     save_model(model, None, tmp_path / "m")
     spec = OmegaConf.create({"source": "pretrained", "path": str(tmp_path / "m"), "dtype": "bfloat16",
@@ -233,14 +233,14 @@ def test_local_model_checksum_is_verified(tmp_path):
 
 
 def test_load_dtype_policy():
-    from adakd.build.devices import load_dtype
+    from adakd.assemble.devices import load_dtype
     assert load_dtype("bfloat16", torch.device("cpu")) == "float32"
     assert load_dtype("bfloat16", torch.device("cuda")) == "bfloat16"
     assert load_dtype("float32", torch.device("cuda")) == "float32"
 
 
 def test_teacher_recipe_hash_ignores_where_the_teacher_runs():
-    from adakd.build.identity import teacher_key as teacher_recipe_hash
+    from adakd.assemble.identity import teacher_key as teacher_recipe_hash
     from adakd.schema import RunConfig
     cfg = OmegaConf.structured(RunConfig)
     h = teacher_recipe_hash(cfg)

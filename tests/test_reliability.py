@@ -445,7 +445,7 @@ def test_global_batch_must_divide_by_micro_batch_times_world_size(tmp_path, enco
     (["model.tokenizer=./no/such/tokenizer"], ["model.tokenizer", "not found"]),
 ])
 def test_bad_settings_fail_before_any_work(override, needles):
-    from adakd.experiment.validate import ConfigError, validate_config
+    from adakd.experiment.config_check import ConfigError, validate_config
     with pytest.raises(ConfigError) as e:
         validate_config(compose_cfg(["experiment=smoke", *override]))
     for n in needles:
@@ -527,7 +527,7 @@ def test_no_unsafe_deserialisation_in_the_package():
 def test_weights_load_through_safetensors_and_remote_code_only_on_request(tmp_path, monkeypatch):
     import transformers
 
-    from adakd.build.construct import build_model as _build
+    from adakd.assemble.construct import build_model as _build
     seen = []
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
                         lambda path, **kw: seen.append(kw) or torch.nn.Linear(1, 1))

@@ -9,13 +9,13 @@ import random
 import pytest
 import torch
 
-from adakd.build.identity import semantic_config
+from adakd.assemble.identity import semantic_config
 from adakd.errors import ConfigError
 from adakd.evaluation import vllm_engine
 from adakd.evaluation.evaluate import protocol_record
 from adakd.evaluation.generation import example_seed, generate_from_ids
 from adakd.evaluation.vllm_engine import build_requests, engine_errors
-from adakd.experiment.validate import validate_config
+from adakd.experiment.config_check import validate_config
 from adakd.schema.evaluation import EvalConfig
 from adakd.training.recipes.common import PolicyEngine, Sampling, sample_responses
 from omegaconf import OmegaConf
@@ -144,7 +144,7 @@ def test_policy_engine_refreshes_before_the_first_call_then_every_k():
 # -- the engine itself (vLLM) ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def world_teacher():
-    from adakd.build.identity import model_path
+    from adakd.assemble.identity import model_path
     from adakd.models import load_pretrained, load_tokenizer
     path = model_path("builtin:world-teacher")
     return path, load_pretrained(path).eval(), load_tokenizer(path)

@@ -23,7 +23,7 @@ import torch
 
 from adakd.bench.generate import _prompts, generation_arguments
 from adakd.bench.generate_batched import hf_batched
-from adakd.build.identity import model_path
+from adakd.assemble.identity import model_path
 from adakd.evaluation.generation import encode_prompts, generate_from_ids, max_positions
 from adakd.evaluation.vllm_engine import VLLMEngine, build_requests, eos_ids_of, vllm_available
 from adakd import models

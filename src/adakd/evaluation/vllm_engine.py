@@ -48,7 +48,7 @@ def vllm_available() -> bool:
 
 
 def engine_errors(ev: Any) -> list[str]:
-    """Config errors of the engine choice (experiment.validate), before any work: an unknown engine, vLLM asked
+    """Config errors of the engine choice (experiment.config_check), before any work: an unknown engine, vLLM asked
     for where it is not installed, a setting vLLM cannot honour."""
     engine = ev.get("engine", "native")
     if engine not in ENGINES:

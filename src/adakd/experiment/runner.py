@@ -18,15 +18,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import runinfo
-from ..build.context import Context
-from ..build.data import build_benchmarks, encoded_train, run_data
-from ..build.devices import pick_device
-from ..build.engine import open_eval_engine
-from ..build.preflight import check_lengths, check_run
-from ..build.student import export_student, get_student
-from ..build.teacher import ensure_teacher, get_teacher
-from ..build.tokenizer import get_tokenizer
-from ..build.trainer import build_trainer
+from ..assemble.context import Context
+from ..assemble.data import build_benchmarks, encoded_train, run_data
+from ..assemble.devices import pick_device
+from ..assemble.engine import open_eval_engine
+from ..assemble.preflight import check_lengths, check_run
+from ..assemble.student import export_student, get_student
+from ..assemble.teacher import ensure_teacher, get_teacher
+from ..assemble.tokenizer import get_tokenizer
+from ..assemble.trainer import build_trainer
 from ..evaluation.evaluate import evaluate_model, prompt_token_lengths
 from ..data.benchmarks import file_sha256_cached
 from ..errors import ConfigError
@@ -39,7 +39,7 @@ from ..training.schedule import seed_everything
 from .plots import plot_run
 from .table_render import results_table
 from .tasks import BASELINE_LABELS, Job, adakd_label, is_finished, plan_jobs, run_dir_for, task_of
-from .validate import validate_config
+from .config_check import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -236,9 +236,10 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
         save_model(student, tokenizer, run_dir / "model",
                    extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name,
                           "selected": selected})
-    # the resolved objective and recipe parameters (the configs hold only what differs from the defaults)
+    # what the run cost beside its provenance: dev validation's seconds, a sampling engine's start-up and refreshes
     runinfo.add_to_run_info(run_dir, {"dev_eval_seconds": result.val_seconds,
                                       **({"sampling_engine": sampling_engine} if sampling_engine else {})})
+    # the resolved objective and recipe parameters (the configs hold only what differs from the defaults)
     return {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 2),
             "dev_eval_seconds": result.val_seconds, "selected": selected,
             "best_dev": {"step": result.best_step, "val_rougeL": result.best_rougeL},

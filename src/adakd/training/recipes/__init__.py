@@ -7,12 +7,12 @@
               replay buffer
     seqkd     the teacher's responses, generated once and cached
 
-A recipe's batch source (built by build.recipes from the config) is what the Trainer calls for each
+A recipe's batch source (built by assemble.recipes from the config) is what the Trainer calls for each
 micro-batch (`source(batch, trainer) -> batch`; `on_step_end`; state in the checkpoints). The token loss is untouched: the method's divergence, wrapped by AdaKD when adakd is on.
 
 recipe_params (method.recipe_params) and their defaults are each recipe's PARAMS (collected in RECIPE_DEFAULTS);
 unknown keys are refused
-by `check_recipe_params` (experiment.validate).
+by `check_recipe_params` (experiment.config_check).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def recipe_params(recipe: str, params: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_recipe_params(recipe: str, params: dict[str, Any] | None) -> list[str]:
-    """Config errors of method.recipe_params (empty when fine); used by adakd.experiment.validate."""
+    """Config errors of method.recipe_params (empty when fine); used by adakd.experiment.config_check."""
     try:
         p = recipe_params(recipe, params)
     except ValueError as e:

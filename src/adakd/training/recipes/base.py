@@ -81,11 +81,3 @@ class BatchSource:
             return
         truncate_log(self.log_path, step)
 
-
-def generator_state(gen: torch.Generator) -> torch.Tensor:
-    return gen.get_state()
-
-
-def set_generator_state(gen: torch.Generator, state: torch.Tensor | None) -> None:
-    if state is not None:
-        gen.set_state(state)

@@ -2,7 +2,7 @@
 generated for the training prompts, instead of the dataset's responses.
 
 - The responses are generated once and cached on disk under <output_root>/cache/seqkd/<key>/, the key
-  being a hash of the teacher (build.identity.teacher_key), the training prompts' token ids,
+  being a hash of the teacher (assemble.identity.teacher_key), the training prompts' token ids,
   dataset.max_len and the generation settings (sampling, seed). Every later run (any method on top, any
   train.seed, a sweep) reuses them.
 - Each prompt's random stream is (recipe_params.seed, "seqkd:<hash of its prompt ids>:<occurrence>"), so

@@ -27,11 +27,11 @@ from ..models.lora import KEYS as LORA_KEYS
 from ..training.loop import NONFINITE_POLICIES, SELECTIONS
 from ..training.recipes import ON_POLICY, RECIPES, check_recipe_params
 from ..training.schedule import LR_SCHEDULES
-from ..build.construct import SOURCES
-from ..build.devices import PRECISIONS
+from ..assemble.construct import SOURCES
+from ..assemble.devices import PRECISIONS
 from ..data.world import WorldSpec
-from ..build.engine import sampling_engine_errors
-from ..build.identity import model_path
+from ..assemble.engine import sampling_engine_errors
+from ..assemble.identity import model_path
 from ..evaluation.generation import TRUNCATION_SIDES
 from ..evaluation.vllm_engine import engine_errors
 from ..schema import RunConfig, TrainConfig

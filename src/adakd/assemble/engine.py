@@ -60,7 +60,7 @@ def max_model_len(model, ev) -> int:
 
 
 def sampling_engine_errors(cfg: DictConfig) -> list[str]:
-    """Config errors of a recipe sampling with vLLM (experiment.validate): it must be installed, and the engine's
+    """Config errors of a recipe sampling with vLLM (experiment.config_check): it must be installed, and the engine's
     copy of a student is refreshed from a plain module (no LoRA adapters, no FSDP shards)."""
     recipe = str(cfg.method.recipe)
     if "engine" not in RECIPE_DEFAULTS.get(recipe, {}):   # a recipe that does not sample
