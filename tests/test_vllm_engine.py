@@ -84,6 +84,17 @@ def test_native_engine_keeps_the_run_identity_and_vllm_changes_it():
     assert "requests_per_call" not in vllm["eval"]["vllm"] and "max_num_seqs" not in vllm["eval"]["vllm"]
 
 
+def test_native_sampling_keeps_the_recipe_runs_identity():
+    for method in ("gkd", "distillm", "seqkd"):
+        rp = semantic_config(compose_cfg(["experiment=smoke", f"method={method}"]))["method"]["recipe_params"]
+        assert "engine" not in rp and "refresh_every" not in rp
+    rp = semantic_config(compose_cfg(["experiment=smoke", "method=gkd", "eval.engine=vllm"]))["method"]["recipe_params"]
+    assert rp["engine"] is None and rp["refresh_every"] == 1     # follows eval.engine=vllm: part of the identity
+    rp = semantic_config(compose_cfg(["experiment=smoke", "method=gkd", "eval.engine=vllm",
+                                      "++method.recipe_params.engine=native"]))["method"]["recipe_params"]
+    assert "engine" not in rp
+
+
 def test_protocol_records_the_engine():
     ev = OmegaConf.structured(EvalConfig)
     assert protocol_record(ev)["generation"]["engine"] == "native"
@@ -258,3 +269,23 @@ def test_head_size_from_config():
     assert vllm_engine.head_size({"hidden_size": 576, "num_attention_heads": 9}) == 64
     assert vllm_engine.head_size({"head_dim": 80, "hidden_size": 1}) == 80
     assert vllm_engine.head_size({}) is None
+
+
+@pytest.mark.vllm
+@pytest.mark.integration
+@needs_vllm
+def test_seqkd_teacher_responses_through_vllm_are_cached_under_their_own_key(tmp_path):
+    from adakd.experiment.runner import run
+    heads = ["model.teacher.arch.n_head=1", "model.student.arch.n_head=1"]
+    base = ["experiment=smoke", "method=seqkd", "train.steps=2", "train.ckpt_every=0", f"run.output_root={tmp_path}",
+            "run.progress=false", "dataset.n_train=40", *heads]
+    metrics = run(compose_cfg([*base, "++method.recipe_params.engine=vllm"]))
+    assert metrics["status"] == "ok" and metrics["protocol"]["generation"]["engine"] == "native"
+    sampling = metrics["run"]["sampling_engine"]
+    assert sampling["requests"] == 40 and sampling["startup_seconds"] > 0
+    caches = sorted((tmp_path / "cache" / "seqkd").iterdir())
+    assert len(caches) == 1
+    meta = json.loads((caches[0] / "meta.json").read_text())
+    assert meta["sampling"]["engine"] == "vllm" and meta["n"] == 40
+    run(compose_cfg(base))   # the native sampler's responses are another cache
+    assert len(list((tmp_path / "cache" / "seqkd").iterdir())) == 2

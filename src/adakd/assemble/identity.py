@@ -53,11 +53,17 @@ def semantic_config(cfg: DictConfig, unused: Iterable[str] = ()) -> Dict[str, An
     if not (c.get("dataset") or {}).get("world"):   # only dataset=world has one: other runs keep their hash
         (c.get("dataset") or {}).pop("world", None)
     # The teacher cache off is the plain live-teacher run: the same directory as before the setting existed.
-    # The native engine is the run as it was before engines existed: the same directory.
+    # The native engine is the run as it was before engines existed: the same directory (for the evaluation,
+    # and for a recipe's sampling, whose engine follows eval.engine unless it names its own).
     ev = c.get("eval") or {}
-    if ev.get("engine", "native") == "native":
+    eval_engine = ev.get("engine", "native")
+    if eval_engine == "native":
         ev.pop("engine", None)
         ev.pop("vllm", None)
+    recipe = (c.get("method") or {}).get("recipe_params")
+    if isinstance(recipe, dict) and "engine" in recipe and (recipe["engine"] or eval_engine) == "native":
+        recipe.pop("engine", None)
+        recipe.pop("refresh_every", None)
     train = c.get("train") or {}
     if not (train.get("teacher_cache") or {}).get("enabled", False):
         train.pop("teacher_cache", None)

@@ -63,7 +63,7 @@ def build_recipe(cfg: DictConfig, *, student, teacher, tokenizer, data: RunData,
         open_engine = None
         if engine == "vllm":
             def open_engine():
-                return open_teacher_engine(cfg, teacher, tokenizer, ctx, run_dir, device, max_len)
+                return open_teacher_engine(cfg, teacher, tokenizer, ctx, run_dir, device)
         return SeqKDSource(teacher=teacher, tokenizer=tokenizer, cache_root=seqkd_root(cfg),
                            teacher_key=teacher_key(cfg), sampling=Sampling.from_params(p, 32, engine),
                            seed=int(p["seed"]), max_len=max_len, run_dir=run_dir, rank=rank,
