@@ -202,6 +202,23 @@ def test_vllm_text_depends_on_nothing_but_the_request(engine, world_teacher):
 @pytest.mark.vllm
 @pytest.mark.integration
 @needs_vllm
+def test_many_seeded_requests_at_once(engine, world_teacher):
+    """More prompt tokens at once than one prefill step takes (the CPU build's seeded sampling broke on chunked
+    prefill): every request is answered, each as it is alone."""
+    _, _, tok = world_teacher
+    encoded = [tok(p)["input_ids"] for p in PROMPTS]
+    keys = [f"m{i}" for i in range(len(PROMPTS))]
+    requests = [r for seed in range(10, 130, 10) for r in build_requests(encoded, keys, seed=seed, max_new_tokens=8,
+                                                                         limit=256)]
+    assert sum(len(r.prompt) for r in requests) > 4096
+    together = engine.generate(requests, temperature=1.0)
+    assert len(together) == len(requests)
+    assert engine.generate(requests[-3:], temperature=1.0) == together[-3:]
+
+
+@pytest.mark.vllm
+@pytest.mark.integration
+@needs_vllm
 def test_refreshed_weights_are_the_ones_that_sample(engine, world_teacher):
     """Greedy decoding after load_weights equals the native greedy decoding of the new weights."""
     _, model, tok = world_teacher
@@ -258,8 +275,9 @@ def test_smoke_run_evaluates_and_trains_gkd_through_vllm(tmp_path):
 
 @pytest.mark.vllm
 @needs_vllm
-def test_a_head_size_without_a_cpu_kernel_is_refused_before_the_engine_starts(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"n_embd": 32, "n_head": 2}))
+def test_a_head_size_without_a_cpu_kernel_is_refused_when_the_engine_starts(tmp_path):
+    from adakd.models import model_from_arch
+    model_from_arch({"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}, 300, 0, 0).save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="head size 16"):
         vllm_engine.VLLMEngine(str(tmp_path), eos_ids={0})
 

@@ -155,7 +155,10 @@ class VLLMEngine:
         if max_model_len:
             kwargs["max_model_len"] = int(max_model_len)
         if not on_gpu:
-            check_cpu_head_size(self.model)
+            # The CPU build's seeded sampling breaks when a request's prompt is prefilled in chunks (its engine
+            # dies on "CPU Generator does not use offset" once several prompts arrive together): whole prompts.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(4096, int(max_model_len or 0))
         if on_gpu:
             kwargs["gpu_memory_utilization"] = float(cfg.gpu_memory_utilization)
         # In process, the engine must not take over the process's threads: no OpenMP core binding, and the
@@ -172,9 +175,25 @@ class VLLMEngine:
         finally:
             torch.set_num_threads = set_threads
             torch.set_num_threads(threads)
-        self.stats.startup_seconds = time.perf_counter() - t0
         self.requests_per_call = cfg.requests_per_call
+        if not on_gpu:
+            self._check_cpu_kernels()
+        self.stats.startup_seconds = time.perf_counter() - t0
         log.info("vLLM engine on %s started in %.1f s", self.model, self.stats.startup_seconds)
+
+    def _check_cpu_kernels(self) -> None:
+        """vLLM's CPU attention has kernels for some head sizes only, and says so only when it first runs: one
+        token of one request at start-up turns that into a clear refusal instead of a kernel error mid-run."""
+        try:
+            self.generate([Request(prompt=[0], max_tokens=1, seed=0)], temperature=0.0)
+        except RuntimeError as e:
+            if "Unsupported CPU attention" not in str(e):
+                raise
+            size = head_size(json.loads((Path(self.model) / "config.json").read_text())) \
+                if (Path(self.model) / "config.json").is_file() else None
+            raise ConfigError(f"{self.model}: vLLM's CPU build has no attention kernel for this model (head size "
+                              f"{size}; {e}); use eval.engine=native for it") from None
+        self.stats = EngineStats()   # the probe is start-up, not generation
 
     def _sampling(self, req: Request, temperature: float, top_k: int, top_p: float) -> Any:
         from vllm import SamplingParams  # optional dependency (see __init__)
@@ -235,20 +254,6 @@ def head_size(config: dict[str, Any]) -> int | None:
     width = config.get("hidden_size", config.get("n_embd"))
     heads = config.get("num_attention_heads", config.get("n_head"))
     return int(width) // int(heads) if width and heads else None
-
-
-def check_cpu_head_size(model: str) -> None:
-    """vLLM's CPU attention has kernels for some head sizes only: refuse another at once, with the model and the
-    sizes, instead of a kernel error after the engine has started."""
-    path = Path(model) / "config.json"
-    if not path.is_file():
-        return   # a hub id: vLLM reads its config itself
-    size = head_size(json.loads(path.read_text()))
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend  # optional dependency (see __init__)
-    supported = CPUAttentionBackend.get_supported_head_sizes()
-    if size is not None and size not in supported:
-        raise ConfigError(f"{model}: attention head size {size} has no kernel in vLLM's CPU build (supported: "
-                          f"{supported}); use eval.engine=native for this model")
 
 
 def eos_ids_of(model: Any, tokenizer: Any) -> set[int]:
