@@ -85,6 +85,24 @@ CONFIG_CASES = {   # overrides -> substrings of the message
     "n_train 0": (["dataset.n_train=0"], ["dataset.n_train=0 is out of range [1, inf]"]),
     "val_size 0": (["dataset.val_size=0"], ["dataset.val_size=0 is out of range"]),
     "model source": (["model.student.source=pretrainde"], ["model.student.source='pretrainde' is not valid"]),
+    # issue 23: one rule for numbers (NaN passes every range check), unique seeds, interpolations, finetune ranges
+    "temperature nan": (["eval.temperature=nan"], ["eval.temperature=nan is not a finite number"]),
+    "top_p nan": (["eval.top_p=nan"], ["eval.top_p=nan is not a finite number"]),
+    "lr inf": (["train.lr=inf"], ["train.lr=inf is not a finite number"]),
+    "epochs inf": (["train.steps=null", "train.epochs=inf"], ["train.epochs=inf is not a finite number"]),
+    "nan in a list": (["train.betas=[0.9,nan]"], ["train.betas[1]=nan is not a finite number"]),
+    "nan in a free section": (["method=jsd", "method.params.beta=nan"], ["method.params.beta=nan is not a finite"]),
+    "teacher fine-tune lr inf": (["model.teacher.finetune.lr=inf"],
+                                 ["model.teacher.finetune.lr=inf is not a finite number"]),
+    "teacher fine-tune lr negative": (["model.teacher.finetune.lr=-1"],
+                                      ["model.teacher.finetune.lr=-1.0 is out of range (0.0, inf]"]),
+    "duplicate generation seeds": (["eval.seeds=[10,10]"], ["eval.seeds=[10, 10] repeats [10]"]),
+    # {{ }}: the rows go through str.format
+    "interpolation error": (["train.lr=${{nope}}"], ["train.lr: Interpolation key 'nope' not found"]),
+    "pretrained student with another tokenizer": (
+        ["model.student.source=pretrained", "model.student.path=builtin:world-student"],
+        ["model.student.path=builtin:world-student and the run's tokenizer (model.tokenizer=synthetic",
+         "use different tokenizers: token id 257 is"]),
 }
 
 
@@ -98,6 +116,15 @@ def test_bad_settings_are_refused_before_anything_runs(case, tmp_path, capsys):
     for needle in needles:
         assert needle in err, f"{needle!r} not in: {err}"
     _nothing_written(out)
+
+
+def test_an_output_root_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    rc, _ = _run(tmp_path, [f"run.output_root={target}"])
+    err = capsys.readouterr().err
+    assert rc == USER_ERROR_EXIT_CODE and f"run.output_root={target} is not a directory" in err
+    assert target.read_text() == "x"
 
 
 def _bad_dev_json(root):
@@ -187,6 +214,23 @@ def test_cli_help_and_a_refusal_through_the_console_script(tmp_path):
     assert bad.returncode == USER_ERROR_EXIT_CODE and "Traceback" not in bad.stderr
     assert "adakd-run: error:" in bad.stderr and "train.lrr is not a setting" in bad.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("args,needle", [
+    (["model=nope"], "Could not find 'model/nope'"),                      # Hydra's composition error
+    (["train.lr=["], "no viable alternative at input '['"),               # Hydra's override grammar
+    (["run.output_root={file}"], "is not a directory"),                   # Hydra's own directories under it
+])
+def test_hydras_own_errors_exit_2_as_help_promises(args, needle, tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": ""}
+    out = subprocess.run([str(ADAKD_RUN), "experiment=smoke", f"run.output_root={tmp_path}"]
+                         + [a.format(file=file) for a in args], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == USER_ERROR_EXIT_CODE, out.stderr
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists() and file.read_text() == "x"
 
 
 # ------------------------------------------------------------------------- run identity and run directories

@@ -8,22 +8,51 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sys
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers.utils import logging as hf_logging
 
-from ..errors import USER_ERROR_EXIT_CODE, UserError
+from ..errors import USER_ERROR_EXIT_CODE, ConfigError, UserError
 from ..training.signals import PREEMPTED_EXIT_CODE, Preempted, preemptible
 from . import runner, sweep
 from .config_store import register_configs
 
 register_configs()
 
+# Hydra's directories of a launch (conf/config.yaml: hydra.run.dir, hydra.sweep.dir) end in this id, so two
+# launches in the same second never share one (nor overwrite each other's job records and summary). The pid
+# and a random part: unique on one host and, very nearly, across the hosts of a shared filesystem. Cached
+# per config like Hydra's `now`, so a sweep's jobs (also in other processes, submitit) resolve the same.
+LAUNCH_ID = f"{os.getpid()}-{secrets.token_hex(2)}"
+OmegaConf.register_new_resolver("adakd_launch", lambda: LAUNCH_ID, use_cache=True, replace=True)
+
+
+def _output_root(path: str) -> str:
+    """run.output_root, checked where Hydra first uses it (its own directories), before any job starts. Hydra
+    cannot format an exception raised in a resolver, so the refusal is reported and the process ends here."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.exists() and not p.is_dir():
+        _refuse(ConfigError(f"run.output_root={path} is not a directory: name a directory (made if missing)"))
+    return str(path)
+
+
+def _refuse(err: UserError) -> None:
+    print(f"adakd-run: error: {err}", file=sys.stderr, flush=True)
+    sys.exit(USER_ERROR_EXIT_CODE)
+
+
+OmegaConf.register_new_resolver("adakd_output_root", _output_root, replace=True)
+_started = False   # set once Hydra has composed the config and handed it to the task function
+
 
 @hydra.main(version_base="1.3", config_path="pkg://adakd.conf", config_name="config")
 def _main(cfg: DictConfig):
+    global _started
+    _started = True
     if sweep.is_multirun():   # a job of a sweep: failures are recorded, the sweep goes on (experiment.sweep)
         try:
             with preemptible():
@@ -62,7 +91,14 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
     _quiet_libraries()
-    _main()
+    try:
+        _main()
+    except SystemExit as e:
+        # Hydra reports its own errors (composition, override syntax, a missing option, an interpolation in
+        # its directories) with one message and exit 1: before the task started, these are user errors.
+        if not _started and e.code == 1:
+            sys.exit(USER_ERROR_EXIT_CODE)
+        raise
 
 
 def _quiet_libraries() -> None:
