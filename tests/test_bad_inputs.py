@@ -152,9 +152,36 @@ def _bad_train_record(root):
     return ["train.jsonl, line 7: missing field(s) output"]
 
 
+def _dev_is_a_directory(root):
+    (root / "dolly" / "dev.jsonl").unlink()
+    (root / "dolly" / "dev.jsonl").mkdir()
+    return ["benchmark 'dolly' (dev):", "dev.jsonl is a directory"]
+
+
+def _dev_is_a_fifo(root):   # reading it would block forever
+    (root / "dolly" / "dev.jsonl").unlink()
+    os.mkfifo(root / "dolly" / "dev.jsonl")
+    return ["dev.jsonl is not a regular file"]
+
+
+def _deeply_nested_line(root):
+    _break_line(root / "dolly" / "dev.jsonl", 2, b"[" * 200_000 + b"\n")
+    return ["dev.jsonl, line 2: JSON nested too deeply"]
+
+
+def _unreadable_dev(root):
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file whatever its permissions")
+    (root / "dolly" / "dev.jsonl").chmod(0)
+    return ["dev.jsonl: cannot be read (Permission denied)"]
+
+
 DATA_CASES = {"malformed dev line": _bad_dev_json, "non-UTF-8 dev byte": _bad_dev_utf8,
               "missing dev file": _missing_dev, "non-UTF-8 test byte": _bad_test_utf8,
-              "training record without output": _bad_train_record}
+              "training record without output": _bad_train_record,
+              # issue 23
+              "directory in place of a data file": _dev_is_a_directory, "FIFO in place of a data file": _dev_is_a_fifo,
+              "pathologically nested JSON line": _deeply_nested_line, "unreadable data file": _unreadable_dev}
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
@@ -167,6 +194,70 @@ def test_bad_data_is_refused_naming_file_and_line(case, data, tmp_path, capsys):
     for needle in needles:
         assert needle in err, f"{needle!r} not in: {err}"
     _nothing_written(out)
+
+
+# ------------------------------------------------------------------ model directories (checked before loading)
+def _copy_student(d: Path, keep=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")):
+    import shutil
+    from adakd.build.identity import model_path
+    d.mkdir()
+    for name in keep:
+        shutil.copy(Path(model_path("builtin:world-student")) / name, d / name)
+
+
+def _empty_model_dir(d):
+    d.mkdir()
+    return ["holds no config.json: not a model directory (empty)"]
+
+
+def _malformed_config(d):
+    _copy_student(d)
+    (d / "config.json").write_text('{"model_type": "gpt2",')
+    return ["config.json is unreadable or malformed"]
+
+
+def _pickle_only(d):
+    _copy_student(d, keep=("config.json",))
+    (d / "pytorch_model.bin").write_bytes(b"not unpickled")
+    return ["has no .safetensors weights, only pickle files (pytorch_model.bin), which adakd never loads"]
+
+
+def _truncated_safetensors(d):   # no adakd_model.json: no checksum to catch it
+    _copy_student(d)
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    return ["model.safetensors is incomplete or corrupt", "its header lists"]
+
+
+MODEL_DIR_CASES = {"empty": _empty_model_dir, "malformed config.json": _malformed_config,
+                   "only a pickle .bin": _pickle_only, "truncated safetensors": _truncated_safetensors}
+
+
+@pytest.mark.parametrize("case", list(MODEL_DIR_CASES))
+def test_a_broken_model_directory_is_refused_before_loading(case, tmp_path, capsys):
+    d = tmp_path / "student"
+    needles = MODEL_DIR_CASES[case](d)
+    rc, out = _run(tmp_path, ["model.student.source=pretrained", f"model.student.path={d}"])
+    err = capsys.readouterr().err
+    assert rc == USER_ERROR_EXIT_CODE and err.startswith("adakd-run: error: ") and "Traceback" not in err, err
+    assert f"model.student.path: {d}" in err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in: {err}"
+    _nothing_written(out)
+
+
+def test_a_model_path_with_tilde_is_expanded_for_the_loader_too(tmp_path, monkeypatch):
+    """The validator expanded `~`, the loader did not: one place (build.identity.model_path) expands it."""
+    from adakd.build.construct import build_model
+    from adakd.build.identity import model_path
+    from adakd.models import load_tokenizer
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _copy_student(tmp_path / "student")
+    assert model_path("~/student") == str(tmp_path / "student")
+    spec = compose_cfg(["model=world"]).model.student
+    spec.path = "~/student"
+    model = build_model(spec, load_tokenizer(model_path("~/student")))
+    assert model.config.n_layer == 2
 
 
 @pytest.mark.parametrize("extra,needles", [

@@ -6,9 +6,11 @@ callback (conf/config.yaml, hydra.callbacks) lists the failures at the end and s
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,7 +39,7 @@ def _output_root(path: str) -> str:
     p = Path(os.path.expanduser(str(path)))
     if p.exists() and not p.is_dir():
         _refuse(ConfigError(f"run.output_root={path} is not a directory: name a directory (made if missing)"))
-    return str(path)
+    return str(p)   # `~` expanded, as build.identity.output_root does for the runs and caches
 
 
 def _refuse(err: UserError) -> None:
@@ -80,6 +82,22 @@ def run_command(cfg: DictConfig) -> int:
             raise
         print(f"adakd-run: error: {e}", file=sys.stderr, flush=True)
         return USER_ERROR_EXIT_CODE
+    except OSError as e:
+        if e.errno != errno.ENOSPC or show_tracebacks():
+            raise
+        print(f"adakd-run: error: {disk_full_message(e)}", file=sys.stderr, flush=True)
+        return USER_ERROR_EXIT_CODE
+
+
+def disk_full_message(e: OSError) -> str:
+    """A full disk anywhere (a model, predictions, plots): where, and what is free. Every result is written
+    atomically, so what was there before is intact and the same command resumes."""
+    where = Path(e.filename).parent if e.filename else Path.cwd()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    return (f"no space left on the device while writing {e.filename or 'a file'} (in {where}: "
+            f"{shutil.disk_usage(where).free / 2 ** 20:,.1f} MiB free). Free some space (or use another "
+            "run.output_root) and run the same command again: earlier results and checkpoints are intact")
 
 
 def show_tracebacks() -> bool:

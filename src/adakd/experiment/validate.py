@@ -26,7 +26,7 @@ from ..kd.adaptive.temperature import DIRECTIONS, TEMPERATURES
 from ..kd.losses import DIVERGENCES
 from ..kd.losses.sparse import FORMS, TAIL_MODES
 from ..kd.objective import IMPLS as LOSS_IMPLS
-from ..models import ModelLoadError, check_local_or_hub
+from ..models import ModelLoadError, check_local_or_hub, check_model_dir
 from ..models.lora import KEYS as LORA_KEYS
 from ..training.loop import NONFINITE_POLICIES, SELECTIONS
 from ..training.recipes import ON_POLICY, RECIPES, check_recipe_params
@@ -214,19 +214,21 @@ def _train_ranges(errors: List[str], prefix: str, t) -> None:
 
 
 def _model_paths(errors: List[str], model) -> None:
-    """A local model or tokenizer directory that is not there fails now, not after the data and the
-    baselines (hub ids are left to the loader)."""
+    """A local model or tokenizer directory that is not there (or a model directory that cannot be loaded), or a
+    hub id while the hub does not answer, fails now, not after the data and the baselines."""
     paths = []
     for role in ("teacher", "student"):
         spec = model.get(role)
         if spec is not None and spec.get("source") == "pretrained" and spec.get("path"):
-            paths.append((f"model.{role}.path", model_path(spec.path)))
+            paths.append((f"model.{role}.path", model_path(spec.path), True))
     tok = model.get("tokenizer")
     if tok and tok not in ("synthetic", "teacher"):
-        paths.append(("model.tokenizer", model_path(tok)))
-    for key, path in paths:
+        paths.append(("model.tokenizer", model_path(tok), False))
+    for key, path, is_model in paths:
         try:
             check_local_or_hub(path)
+            if is_model:
+                check_model_dir(path)
         except ModelLoadError as err:
             errors.append(f"{key}: {err}")
 
