@@ -355,6 +355,16 @@ def test_a_changed_benchmark_file_is_evaluated_again(finished_dolly_run, data, t
 
 
 @pytest.mark.integration
+def test_a_metrics_file_that_is_not_an_object_is_an_unfinished_run(finished_dolly_run, data, tmp_path):
+    """issue 23: `[]` (valid JSON, not a result) crashed adakd-run; it is a run to finish, and is finished."""
+    ovs, out = finished_dolly_run
+    (path,) = (out / "runs").glob("*/metrics.json")
+    path.write_text("[]")
+    rc, _ = _run(tmp_path, ovs, data)
+    assert rc == 0 and _metrics(out)["status"] == "ok"
+
+
+@pytest.mark.integration
 def test_changed_training_data_is_another_run(finished_dolly_run, data, tmp_path):
     ovs, out = finished_dolly_run
     train = data / "dolly" / "train.jsonl"
@@ -456,3 +466,18 @@ def test_every_package_goes_into_the_wheel():
     found = set(find_packages(str(src)))
     dirs = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("*.py")}
     assert dirs <= found, f"directories with modules that are not packages: {sorted(dirs - found)}"
+
+
+def test_the_sweep_summary_keeps_the_whole_error_and_points_only_to_written_files(tmp_path):
+    """issue 23: a config error's keys are on its later lines; a job refused by a lock writes no failure.json."""
+    from adakd.experiment.sweep import format_summary
+    jobs = [{"status": "failed", "overrides": ["adakd.c=-1"], "run_dir": str(tmp_path / "a"),
+             "error": "ConfigError: invalid configuration:\n  - adakd.c=-1.0 is out of range [0.0, inf]"},
+            {"status": "failed", "overrides": ["train.seed=2"], "run_dir": str(tmp_path / "b"),
+             "error": "RunLocked: the run directory is in use"},
+            {"status": "failed", "overrides": ["train.seed=3"], "run_dir": str(tmp_path / "c"),
+             "error": "RuntimeError: boom", "details": str(tmp_path / "c" / "failure.json")}]
+    text = format_summary({"sweep_dir": str(tmp_path), "jobs": 3, "ok": 0, "skipped": 0, "failed": 3,
+                           "seconds": 1.0, "results": jobs})
+    assert "adakd.c=-1.0 is out of range [0.0, inf]" in text
+    assert text.count("details:") == 1 and f"details: {tmp_path / 'c' / 'failure.json'}" in text

@@ -158,3 +158,12 @@ def test_a_damaged_topk_cache_names_its_directory(tmp_path):
     (d / "meta.json").write_text('{"k": 4, "voc')
     with pytest.raises(DataError, match=f"the teacher cache {d} is damaged .*delete that directory"):
         TeacherCache(d)
+
+
+def test_a_corrupt_model_record_names_its_file(tmp_path):
+    """The fine-tuned teacher cache's adakd_model.json, damaged: its file named, not a JSON traceback."""
+    from adakd.models import verify_checksum
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "adakd_model.json").write_text('{"sha256": "ab')
+    with pytest.raises(ModelLoadError, match=f"{tmp_path / 'adakd_model.json'} is unreadable or corrupt"):
+        verify_checksum(tmp_path)
