@@ -7,11 +7,9 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from adakd.errors import USER_ERROR_EXIT_CODE, DataError, DiskFull
