@@ -114,7 +114,7 @@ def main() -> None:
     except SystemExit as e:
         # Hydra reports its own errors (composition, override syntax, a missing option, an interpolation in
         # its directories) with one message and exit 1: before the task started, these are user errors.
-        if not _started and e.code == 1:
+        if not (_started or sweep.launched) and e.code == 1:
             sys.exit(USER_ERROR_EXIT_CODE)
         raise
 

@@ -40,6 +40,7 @@ from .tasks import is_finished, run_dir_for
 log = logging.getLogger(__name__)
 
 JOB_FILE = "adakd_job.json"
+launched = False   # a sweep of this process has started (its jobs may run in other processes: submitit)
 SUMMARY_FILE = "sweep_summary.json"
 
 
@@ -112,6 +113,8 @@ class SweepSummary(Callback):
         self._t0 = time.time()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global launched
+        launched = True   # the sweep's own exit code from here on (experiment.cli), jobs maybe elsewhere
         self._t0 = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
