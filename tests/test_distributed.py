@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.integration   # the whole pipeline, in this process and through the CLI
+pytestmark = pytest.mark.integration   # starts torchrun worker processes
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "dist_worker.py"

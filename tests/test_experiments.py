@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from adakd.experiment.tasks import run_dir_for
 from adakd.experiment.sweep import strip_table
-from adakd.experiment.validate import validate_config
+from adakd.experiment.config_check import validate_config
 
 from .compose import compose_cfg
 

@@ -100,7 +100,7 @@ def test_find_layers_refuses_a_model_without_blocks():
 
 
 def test_pipeline_builds_a_pruned_student_in_float32():
-    from adakd.build.construct import build_model as _build
+    from adakd.assemble.construct import build_model as _build
     teacher = tiny_llama(n_layers=4).to(torch.bfloat16)
     spec = OmegaConf.create({"source": "pruned", "keep_layers": [0, 3], "every_k": None, "dtype": "bfloat16"})
     student = _build(spec, tokenizer=None, teacher=teacher, device=torch.device("cpu"))
@@ -126,7 +126,7 @@ def test_vocab_padding_rows_are_aligned():
 def test_different_tokenizers_are_refused_naming_both_and_the_first_differing_id(tmp_path):
     """Tokenizers must agree on every id they share; one may only add ids past the other's end."""
     from transformers import PreTrainedTokenizerFast
-    from adakd.build.identity import model_path
+    from adakd.assemble.identity import model_path
     from adakd.models import load_tokenizer
     a = tiny_tokenizer(300)
     check_same_tokenizer(a, a)
@@ -146,7 +146,7 @@ def test_different_tokenizers_are_refused_naming_both_and_the_first_differing_id
 
 def test_a_model_with_fewer_vocabulary_rows_than_the_tokenizer_is_refused():
     """Vocabularies hundreds of entries apart are not padding: the smaller model lacks rows for real ids."""
-    from adakd.build.construct import check_vocab_rows
+    from adakd.assemble.construct import check_vocab_rows
     from adakd.models.loading import model_from_arch
     tok = tiny_tokenizer(300)
     arch = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}
@@ -157,10 +157,10 @@ def test_a_model_with_fewer_vocabulary_rows_than_the_tokenizer_is_refused():
 
 
 def test_pipeline_refuses_a_student_with_another_tokenizer(tmp_path):
-    from adakd.build.tokenizer import check_pair_tokenizers
-    from adakd.build.context import Context
+    from adakd.assemble.tokenizer import check_pair_tokenizers
+    from adakd.assemble.context import Context
     from adakd.schema import RunConfig
-    from adakd.build.identity import model_path
+    from adakd.assemble.identity import model_path
     from adakd.models import load_tokenizer
     teacher_tok = tiny_tokenizer(300)
     other = load_tokenizer(model_path("builtin:world-student"))   # another vocabulary
@@ -216,8 +216,8 @@ def test_lora_refuses_unknown_settings():
 
 
 def test_get_student_with_lora_and_checkpointing():
-    from adakd.build.student import get_student
-    from adakd.build.context import Context
+    from adakd.assemble.student import get_student
+    from adakd.assemble.context import Context
     from adakd.schema import RunConfig
     tok = tiny_tokenizer(300)
     cfg = OmegaConf.structured(RunConfig)
@@ -240,7 +240,7 @@ def test_get_student_with_lora_and_checkpointing():
 
 # --------------------------------------------------------------------------------- local models, dtype
 def test_local_model_checksum_is_verified(tmp_path):
-    from adakd.build.construct import build_model as _build
+    from adakd.assemble.construct import build_model as _build
     model = tiny_gpt2(97, seed=0, n_layer=1, n_embd=32)
     save_model(model, None, tmp_path / "m")
     spec = OmegaConf.create({"source": "pretrained", "path": str(tmp_path / "m"), "dtype": "bfloat16",
@@ -256,14 +256,14 @@ def test_local_model_checksum_is_verified(tmp_path):
 
 
 def test_load_dtype_policy():
-    from adakd.build.devices import load_dtype
+    from adakd.assemble.devices import load_dtype
     assert load_dtype("bfloat16", torch.device("cpu")) == "float32"
     assert load_dtype("bfloat16", torch.device("cuda")) == "bfloat16"
     assert load_dtype("float32", torch.device("cuda")) == "float32"
 
 
 def test_teacher_recipe_hash_ignores_where_the_teacher_runs():
-    from adakd.build.identity import teacher_key as teacher_recipe_hash
+    from adakd.assemble.identity import teacher_key as teacher_recipe_hash
     from adakd.schema import RunConfig
     cfg = OmegaConf.structured(RunConfig)
     h = teacher_recipe_hash(cfg)

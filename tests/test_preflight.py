@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from adakd.build.preflight import (
+from adakd.assemble.preflight import (
     ACT_FACTOR,
     OVERHEAD,
     GiB,
@@ -156,7 +156,7 @@ def test_plan_from_config_and_runner_check_on_cpu():
 
 
 def test_runner_check_refuses_a_pair_that_cannot_fit(monkeypatch):
-    from adakd.build import preflight
+    from adakd.assemble import preflight
     monkeypatch.setattr(preflight, "free_bytes", lambda d: 256 * 1024 ** 2)
     with pytest.raises(PreflightError, match="what would make it fit|nothing tried fits"):
         check_run(_cfg(), tiny_tokenizer(300), torch.device("cpu"))

@@ -322,13 +322,13 @@ def test_seqkd_generates_once_and_reuses_the_cache(tok, teacher, examples, tmp_p
                                        ["method=distillm", "method.divergence=sfkl"], ["method=seqkd"],
                                        ["method=seqkd", "method.kd_ratio=1.0", "train.teacher_cache.enabled=true"]])
 def test_recipe_presets_validate(overrides):
-    from adakd.experiment.validate import validate_config
+    from adakd.experiment.config_check import validate_config
     validate_config(compose_cfg(["experiment=smoke", *overrides]))
 
 
 @pytest.mark.parametrize("recipe", ["gkd", "distillm"])
 def test_teacher_cache_is_refused_for_on_policy_recipes(recipe):
-    from adakd.experiment.validate import ConfigError, validate_config
+    from adakd.experiment.config_check import ConfigError, validate_config
     with pytest.raises(ConfigError, match="sampled from the current student"):
         validate_config(compose_cfg(["experiment=smoke", f"method={recipe}", "train.teacher_cache.enabled=true"]))
 
@@ -369,7 +369,7 @@ def test_sft_baseline_of_a_recipe_row_is_the_plain_sft_run(monkeypatch):
     """Table 1's SFT row under method=gkd / distillm validates (no foreign recipe_params) and is the same run
     as under method=rkl."""
     from adakd.experiment.tasks import baseline_config, run_dir_for
-    from adakd.experiment.validate import validate_config
+    from adakd.experiment.config_check import validate_config
 
     seen = []
     for method in ("gkd", "distillm", "seqkd", "jsd", "rkl"):

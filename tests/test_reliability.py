@@ -445,7 +445,7 @@ def test_global_batch_must_divide_by_micro_batch_times_world_size(tmp_path, enco
     (["model.tokenizer=./no/such/tokenizer"], ["model.tokenizer", "not found"]),
 ])
 def test_bad_settings_fail_before_any_work(override, needles):
-    from adakd.experiment.validate import ConfigError, validate_config
+    from adakd.experiment.config_check import ConfigError, validate_config
     with pytest.raises(ConfigError) as e:
         validate_config(compose_cfg(["experiment=smoke", *override]))
     for n in needles:
@@ -530,7 +530,7 @@ def test_no_unsafe_deserialisation_in_the_package():
 def test_weights_load_through_safetensors_and_remote_code_only_on_request(tmp_path, monkeypatch):
     import transformers
 
-    from adakd.build.construct import build_model as _build
+    from adakd.assemble.construct import build_model as _build
     from adakd.models.loading import model_from_arch
     seen = []
     tiny = model_from_arch({"n_layer": 1, "n_embd": 8, "n_head": 2, "n_positions": 16}, 300, 0, 0)

@@ -232,7 +232,7 @@ def test_cached_trainer_matches_the_live_teacher(tmp_path, tok, pair, examples):
 def test_teacher_cache_end_to_end_smoke(tmp_path):
     """experiment=smoke with the cache: built once, reused by a second run (another seed), refused for gkd."""
     from adakd.experiment import runner
-    from adakd.experiment.validate import ConfigError
+    from adakd.experiment.config_check import ConfigError
 
     base = ["experiment=smoke", f"run.output_root={tmp_path}", "run.progress=false", "logger=none",
             "train.threads=1", "train.steps=3", "eval.max_samples=4", "dataset.n_train=48",

@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from adakd.data import world, world_tasks as wt
+from adakd.data import world
+from adakd.data.world import tasks as wt
 
 from .compose import compose_cfg
 
@@ -133,7 +134,7 @@ def test_prompts_use_the_alpaca_template(splits):
 
 
 def test_run_data_wires_the_five_benchmarks():
-    from adakd.build.data import build_train_data
+    from adakd.assemble.data import build_train_data
     cfg = compose_cfg(["dataset=world", "dataset.n_train=30", "dataset.n_dev=5", "dataset.n_test=7"])
     data = build_train_data(cfg)
     assert len(data.train) == 30 and len(data.dev) == 5

@@ -107,21 +107,6 @@ def read_jsonl_prefix(path: str | os.PathLike) -> list:
     return rows
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> int:
-    """Delete temp files left by an atomic write that a kill interrupted (`.<name>.*.tmp`)."""
-    n = 0
-    d = Path(directory)
-    if not d.is_dir():
-        return 0
-    for p in d.glob(".*.tmp"):
-        try:
-            p.unlink()
-            n += 1
-        except OSError:
-            pass
-    return n
-
-
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

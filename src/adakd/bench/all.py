@@ -13,10 +13,16 @@ is recorded with its error, and the driver goes on (exit status 1 at the end).
     generate          the batched sampler against transformers one prompt at a time (bench.generate)
     generate_batched  the batched sampler against transformers' batched `generate` (bench.generate_batched)
     teacher_cache     fidelity, speed and size of the top-k teacher cache (bench.teacher_cache)
+    engines_world     native sampler, transformers `generate` and vLLM on the world teacher (bench.generate_engines)
+    engines_smollm2   the same on SmolLM2-135M-Instruct (`make models`; skipped with the reason without it)
+
+The engine benchmarks run with the Python of .venv-vllm (`make install-vllm`; ADAKD_VLLM_PYTHON names another)
+where this one has no vLLM, and report `skipped` with the reason where neither has it.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,10 +37,14 @@ BENCHES: Dict[str, List[str]] = {   # name -> module and the arguments of the fu
     "generate": ["adakd.bench.generate", "--json", "--threads", "1"],
     "generate_batched": ["adakd.bench.generate_batched", "--json"],
     "teacher_cache": ["adakd.bench.teacher_cache", "--json"],
+    "engines_world": ["adakd.bench.generate_engines", "--json", "--model", "builtin:world-teacher"],
+    "engines_smollm2": ["adakd.bench.generate_engines", "--json", "--model", "outputs/models/smollm2-135m-instruct"],
 }
+VLLM_BENCHES = ("engines_world", "engines_smollm2")
 QUICK: Dict[str, List[str]] = {     # the --quick variants: the whole set in about two minutes
     "loss": ["--quick"], "peers": ["--quick"], "generate": ["--n-prompts", "8", "--max-new-tokens", "32"],
-    "generate_batched": ["--quick"], "teacher_cache": ["--quick"],
+    "generate_batched": ["--quick"], "teacher_cache": ["--quick"], "engines_world": ["--quick"],
+    "engines_smollm2": ["--quick"],
 }
 ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_NUM_THREADS": "1"}
 
@@ -64,11 +74,20 @@ def last_json(text: str) -> Any:
     raise ValueError("no JSON object in the output")
 
 
+def python_for(name: str) -> str:
+    """This interpreter, or for an engine benchmark one that has vLLM (the project's .venv-vllm) if this one lacks
+    it (the benchmark then reports itself skipped)."""
+    if name not in VLLM_BENCHES or importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    other = os.environ.get("ADAKD_VLLM_PYTHON") or ".venv-vllm/bin/python"
+    return other if Path(other).is_file() else sys.executable
+
+
 def run(names: List[str], quick: bool) -> Dict[str, Any]:
     results: Dict[str, Any] = {"quick": quick, "benchmarks": {}, "ratios": {}, "failed": []}
     t_all = time.time()
     for name in names:
-        cmd = [sys.executable, "-m", *BENCHES[name], *(QUICK[name] if quick else [])]
+        cmd = [python_for(name), "-m", *BENCHES[name], *(QUICK[name] if quick else [])]
         print(f"[bench] {name}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV})

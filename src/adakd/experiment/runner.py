@@ -18,14 +18,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .. import runinfo
-from ..build.context import Context
-from ..build.data import build_benchmarks, encoded_train, run_data
-from ..build.devices import pick_device
-from ..build.preflight import check_lengths, check_run
-from ..build.student import export_student, get_student
-from ..build.teacher import ensure_teacher, get_teacher
-from ..build.tokenizer import get_tokenizer
-from ..build.trainer import build_trainer
+from ..assemble.context import Context
+from ..assemble.data import build_benchmarks, encoded_train, run_data
+from ..assemble.devices import pick_device
+from ..assemble.engine import open_eval_engine
+from ..assemble.preflight import check_lengths, check_run
+from ..assemble.student import export_student, get_student
+from ..assemble.teacher import ensure_teacher, get_teacher
+from ..assemble.tokenizer import get_tokenizer
+from ..assemble.trainer import build_trainer
 from ..evaluation.evaluate import evaluate_model, prompt_token_lengths
 from ..data.benchmarks import file_sha256_cached
 from ..errors import ConfigError
@@ -38,7 +39,7 @@ from ..training.schedule import seed_everything
 from .plots import plot_run
 from .table_render import results_table
 from .tasks import BASELINE_LABELS, Job, adakd_label, is_finished, plan_jobs, run_dir_for, task_of
-from .validate import validate_config
+from .config_check import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +181,17 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
             distributed.barrier()
             return read_json(run_dir / "metrics.json")
         t_eval = time.time()
-        results = evaluate_model(model, tokenizer, benchmarks, cfg.eval, run_dir, device=str(device),
-                                 model_info=model_info, data_files=data_files, progress=cfg.run.progress)
+        engine = open_eval_engine(cfg, task.evaluates, model, tokenizer, model_info, run_dir, device)
+        try:
+            results = evaluate_model(model, tokenizer, benchmarks, cfg.eval, run_dir, device=str(device),
+                                     model_info=model_info, data_files=data_files, progress=cfg.run.progress,
+                                     engine=engine)
+        finally:
+            if engine is not None:
+                engine.close()
         eval_seconds = time.time() - t_eval
+        if "engine" in results:   # start-up apart from generation, tokens/s
+            runinfo.add_to_run_info(run_dir, {"eval_engine": results["engine"]})
         metrics = {
             "status": "ok",
             "rougeL": results["rougeL"],
@@ -191,6 +200,7 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
             "run": {"name": task.run_name(cfg), "dir": str(run_dir), "task": task.name, "stage": cfg.run.stage,
                     "method": cfg.method.name, "adakd": adakd_label(cfg), "cpu_threads": cpu_threads(cfg),
                     "eval_seconds": round(eval_seconds, 2),
+                    **({"eval_engine": results["engine"]} if "engine" in results else {}),
                     "total_seconds": round(time.time() - t_start, 2), **train_summary},
         }
         atomic_write_json(run_dir / "metrics.json", metrics)
@@ -207,7 +217,13 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
     cfg, run_dir = job.cfg, job.run_dir
     trainer, _ = build_trainer(cfg, run_dir, student, tokenizer, data, ctx, device, logger,
                                with_teacher=job.task.distils)
-    result = trainer.train()
+    try:
+        result = trainer.train()
+    finally:   # a vLLM engine sampling for the recipe frees its memory before evaluation starts its own
+        source = trainer.batch_source
+        sampling_engine = source.engine_record() if source is not None else {}
+        if source is not None:
+            source.close()
     selected = {"select": str(cfg.train.select), "step": result.steps}
     if cfg.train.select == "best_dev":   # the best dev ROUGE-L's weights are the ones evaluated and exported
         best = trainer.load_best()
@@ -220,14 +236,17 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
         save_model(student, tokenizer, run_dir / "model",
                    extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name,
                           "selected": selected})
+    # what the run cost beside its provenance: dev validation's seconds, a sampling engine's start-up and refreshes
+    runinfo.add_to_run_info(run_dir, {"dev_eval_seconds": result.val_seconds,
+                                      **({"sampling_engine": sampling_engine} if sampling_engine else {})})
     # the resolved objective and recipe parameters (the configs hold only what differs from the defaults)
-    runinfo.add_to_run_info(run_dir, {"dev_eval_seconds": result.val_seconds})
     return {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 2),
             "dev_eval_seconds": result.val_seconds, "selected": selected,
             "best_dev": {"step": result.best_step, "val_rougeL": result.best_rougeL},
             "resumed_from": result.resumed_from, "skipped_steps": result.skipped_steps,
             "world_size": trainer.world_size, "objective": repr(trainer.objective) if trainer.objective else None,
-            "recipe_params": recipe_params(cfg.method.recipe, cfg.method.get("recipe_params"))}, student
+            "recipe_params": recipe_params(cfg.method.recipe, cfg.method.get("recipe_params")),
+            **({"sampling_engine": sampling_engine} if sampling_engine else {})}, student
 
 
 def log_results(logger, metrics: Dict[str, Any], run_dir: Path) -> None:

@@ -22,7 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..build.identity import output_root
+from ..assemble.identity import output_root
 from ..errors import ConfigError
 from .config_store import register_configs
 from .tasks import BASELINE_LABELS, is_finished, run_dir_for

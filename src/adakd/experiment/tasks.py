@@ -11,7 +11,7 @@ downstream asks the task, not the strings. A `train` command with run.baselines 
 baseline rows (teacher, untrained student, SFT student), each a run of its own with its own cached result,
 followed by the main job (`plan_jobs`).
 
-A run's identity (build.identity) leaves out the config sections its task does not use: the teacher row is
+A run's identity (assemble.identity) leaves out the config sections its task does not use: the teacher row is
 the same run whatever method or AdaKD setting trains the student, the SFT row whatever AdaKD setting.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import List, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..build.identity import run_dir
+from ..assemble.identity import run_dir
 from ..io import read_json
 
 STAGES = ("train", "eval_teacher", "eval_init")     # run.stage

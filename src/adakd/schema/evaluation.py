@@ -4,6 +4,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+ENGINES = ("native", "vllm")
+
+
+@dataclass
+class VLLMConfig:
+    """The vLLM engine's settings (eval.engine=vllm; docs/generation.md). They shape the numbers a vLLM run
+    computes (dtype) or only where and how fast (the rest); all of it is part of a vLLM run's identity."""
+    # "auto": float32 on a CPU (the native sampler's dtype there), the checkpoint's own dtype on a GPU.
+    dtype: str = "auto"
+    # KV cache for the CPU build, GiB (VLLM_CPU_KVCACHE_SPACE); on a GPU the share of its memory vLLM may take.
+    cpu_kv_cache_gib: float = 1.0
+    gpu_memory_utilization: float = 0.5
+    # Most sequences the engine batches at once (its continuous batching picks them from all requests).
+    max_num_seqs: int = 256
+    # Requests handed to the engine per call; null: all of a benchmark's (every example at every seed) at once.
+    requests_per_call: Optional[int] = None
+    # Fixed-shape CUDA graphs cost start-up time and do not pay at this scale: eager by default.
+    enforce_eager: bool = True
+
 
 @dataclass
 class EvalConfig:
@@ -22,3 +41,7 @@ class EvalConfig:
     prompt_truncation: str = "head"
     # Wrap the Alpaca prompt in the model's chat template (user turn); off in the protocol.
     chat_template: bool = False
+    # Who generates: "native" (the project's batched sampler, the reference) or "vllm" (paged attention and
+    # continuous batching; `make install-vllm`). Also the engine of dev validation and of the recipes' samples.
+    engine: str = "native"
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)

@@ -23,7 +23,7 @@ The training loop reads it through `training.teachers.CachedTeacher`; the object
 with its rows (kd.objective, a `TeacherTopK` teacher side): by default ("dense") the teacher row is rebuilt
 over the vocabulary with the tail mass spread evenly; "buckets" compares on k + 1 buckets
 (kd.losses.sparse). The cache is refused for on-policy recipes (gkd, distillm), whose sequences come from
-the current student (experiment.validate). The directory is chosen by build.identity.
+the current student (experiment.config_check). The directory is chosen by assemble.identity.
 """
 from __future__ import annotations
 

@@ -7,12 +7,12 @@
               replay buffer
     seqkd     the teacher's responses, generated once and cached
 
-A recipe's batch source (built by build.recipes from the config) is what the Trainer calls for each
+A recipe's batch source (built by assemble.recipes from the config) is what the Trainer calls for each
 micro-batch (`source(batch, trainer) -> batch`; `on_step_end`; state in the checkpoints). The token loss is untouched: the method's divergence, wrapped by AdaKD when adakd is on.
 
 recipe_params (method.recipe_params) and their defaults are each recipe's PARAMS (collected in RECIPE_DEFAULTS);
 unknown keys are refused
-by `check_recipe_params` (experiment.validate).
+by `check_recipe_params` (experiment.config_check).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 from .base import BatchSource
-from .common import Sampling
+from .common import ENGINES, PolicyEngine, Sampling
 from .distillm import (
     REPLAY_RATIOS,
     VAL_LOSSES,
@@ -59,7 +59,7 @@ def recipe_params(recipe: str, params: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_recipe_params(recipe: str, params: dict[str, Any] | None) -> list[str]:
-    """Config errors of method.recipe_params (empty when fine); used by adakd.experiment.validate."""
+    """Config errors of method.recipe_params (empty when fine); used by adakd.experiment.config_check."""
     try:
         p = recipe_params(recipe, params)
     except ValueError as e:
@@ -85,6 +85,11 @@ def check_recipe_params(recipe: str, params: dict[str, Any] | None) -> list[str]
         rng("gen_batch_size", 1, integer=True, optional=True)
         if p.get("top_p") == 0:
             errors.append("method.recipe_params.top_p=0 keeps no token; use (0, 1]")
+        if p.get("engine") not in ENGINES:
+            errors.append(f"method.recipe_params.engine={p.get('engine')!r} is not valid; choose one of "
+                          f"{list(ENGINES)} (null: as eval.engine)")
+    if recipe in ON_POLICY:
+        rng("refresh_every", 1, integer=True)
     if recipe == "gkd":
         rng("lambda", 0.0, 1.0)
     if recipe == "distillm":
@@ -106,5 +111,5 @@ def check_recipe_params(recipe: str, params: dict[str, Any] | None) -> list[str]
 
 __all__ = [
     "ON_POLICY", "RECIPE_DEFAULTS", "AdaptiveProbability", "BatchSource", "DistiLLMSource", "GKDSource",
-    "RECIPES", "ReplayBuffer", "Sampling", "SeqKDSource", "check_recipe_params", "recipe_params",
+    "PolicyEngine", "RECIPES", "ReplayBuffer", "Sampling", "SeqKDSource", "check_recipe_params", "recipe_params",
 ]

@@ -54,6 +54,15 @@ class BatchSource:
     def count(self, key: str, value: float = 1.0) -> None:
         self._step_stats[key] = self._step_stats.get(key, 0.0) + value
 
+    def engine_record(self) -> dict[str, Any]:
+        """What a vLLM engine sampling for this source cost (start-up, generation, refreshes); {} for the native
+        sampler."""
+        engine = getattr(self, "policy_engine", None)
+        return engine.stats() if engine is not None else dict(getattr(self, "engine_stats", {}) or {})
+
+    def close(self) -> None:
+        """Release what the source holds beyond the run (a sampling engine)."""
+
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"calls": self.calls}
@@ -72,11 +81,3 @@ class BatchSource:
             return
         truncate_log(self.log_path, step)
 
-
-def generator_state(gen: torch.Generator) -> torch.Tensor:
-    return gen.get_state()
-
-
-def set_generator_state(gen: torch.Generator, state: torch.Tensor | None) -> None:
-    if state is not None:
-        gen.set_state(state)

@@ -9,6 +9,7 @@ objective and AdaKD see generated batches exactly as they see dataset batches.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from ...data.prompts import IGNORE_INDEX, collate_train
 from ...evaluation.generation import example_seed, generate_from_ids, max_positions
+from ...evaluation.vllm_engine import build_requests
 
 
 # The sampling options of every recipe that samples (method.recipe_params), with their defaults:
@@ -26,7 +28,14 @@ SAMPLING_PARAMS: dict[str, Any] = {
     "top_p": 1.0,              # 1: no nucleus filter
     "max_new_tokens": 256,     # as the released sampler (512 - 256); never past dataset.max_len. None: up to it
     "gen_batch_size": None,    # None: train.micro_batch
+    # Who samples: null follows eval.engine; "native" (the project's sampler) or "vllm" (docs/generation.md).
+    "engine": None,
 }
+# The on-policy recipes' extra: the vLLM engine's copy of the student is refreshed every this many sampling calls
+# (1: before every call, exactly on-policy; k > 1 samples from weights up to k - 1 calls old and a resumed run
+# no longer draws the same samples as an uninterrupted one).
+REFRESH_PARAMS: dict[str, Any] = {"refresh_every": 1}
+ENGINES = (None, "native", "vllm")
 
 
 @dataclass
@@ -37,17 +46,22 @@ class Sampling:
     top_p: float = SAMPLING_PARAMS["top_p"]
     max_new_tokens: int | None = SAMPLING_PARAMS["max_new_tokens"]
     batch_size: int = 16
+    engine: str = "native"
 
     @classmethod
-    def from_params(cls, p: dict[str, Any], default_batch: int) -> "Sampling":
-        """From a recipe's parameters; gen_batch_size None means `default_batch`."""
+    def from_params(cls, p: dict[str, Any], default_batch: int, default_engine: str = "native") -> "Sampling":
+        """From a recipe's parameters; gen_batch_size None means `default_batch`, engine None `default_engine`."""
         return cls(temperature=float(p["temperature"]), top_k=int(p["top_k"]), top_p=float(p["top_p"]),
                    max_new_tokens=None if p["max_new_tokens"] is None else int(p["max_new_tokens"]),
-                   batch_size=int(p["gen_batch_size"] or default_batch))
+                   batch_size=int(p["gen_batch_size"] or default_batch),
+                   engine=str(p.get("engine") or default_engine))
 
     def record(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens}
+        rec = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+               "max_new_tokens": self.max_new_tokens}
+        if self.engine != "native":   # other draws: another cache key (native keeps the keys it always had)
+            rec["engine"] = self.engine
+        return rec
 
 
 def split_batch(batch: dict[str, torch.Tensor]) -> list[tuple[list[int], list[int], list[int]]]:
@@ -72,11 +86,42 @@ def prompt_of_example(example: dict[str, list[int]]) -> list[int]:
     return list(example["input_ids"][:first])
 
 
+class PolicyEngine:
+    """A vLLM engine sampling for a model that changes (the student being trained), started at its first use: the
+    model's weights are copied into it before the first sampling call and then every `refresh_every` calls. What
+    the refreshes cost is in `engine.stats` (refreshes, refresh_seconds)."""
+
+    def __init__(self, open_engine: Callable[[], Any], refresh_every: int = 1):
+        if int(refresh_every) < 1:
+            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        self._open, self.refresh_every, self.calls = open_engine, int(refresh_every), 0
+        self.engine: Any = None
+
+    def for_model(self, model: Any) -> Any:
+        if self.engine is None:
+            self.engine = self._open()
+        if self.calls % self.refresh_every == 0:
+            self.engine.load_weights((k, v.detach()) for k, v in model.state_dict().items())
+        self.calls += 1
+        return self.engine
+
+    def stats(self) -> dict[str, Any]:
+        return self.engine.stats.record() if self.engine is not None else {}
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
 def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], keys: Sequence[str], *,
-                     seed: int, sampling: Sampling, max_len: int, progress: bool = False) -> list[list[int]]:
+                     seed: int, sampling: Sampling, max_len: int, progress: bool = False,
+                     engine: Any = None) -> list[list[int]]:
     """One sampled response per prompt with the per-example streams of adakd.evaluation.generation: tokens, plus EOS
     when the model stopped by itself; cut to max_len - len(prompt) (a cut response has no EOS, as
-    dataset.overlong=truncate does). Each response has at least one token."""
+    dataset.overlong=truncate does). Each response has at least one token. `engine`: a vLLM engine holding the
+    model's weights (the same requests, seeds and room; adakd.evaluation.vllm_engine), None for the native
+    sampler."""
     if not prompts:
         return []
     caps = [max_len - len(p) for p in prompts]
@@ -89,9 +134,14 @@ def sample_responses(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]
     if limit is not None:   # the sampler would cut silently otherwise, and "stopped" would be misread
         budget = min(budget, limit - max(map(len, prompts)))
     budget = max(budget, 1)
-    raw = generate_from_ids(model, tokenizer, [list(p) for p in prompts], list(keys), seed=seed,
-                            max_new_tokens=budget, temperature=sampling.temperature, top_k=sampling.top_k,
-                            top_p=sampling.top_p, batch_size=sampling.batch_size, progress=progress)
+    if engine is None:
+        raw = generate_from_ids(model, tokenizer, [list(p) for p in prompts], list(keys), seed=seed,
+                                max_new_tokens=budget, temperature=sampling.temperature, top_k=sampling.top_k,
+                                top_p=sampling.top_p, batch_size=sampling.batch_size, progress=progress)
+    else:
+        requests = build_requests([list(p) for p in prompts], list(keys), seed=seed, max_new_tokens=budget,
+                                  limit=limit)
+        raw = engine.generate(requests, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p)
     eos = tokenizer.eos_token_id
     out = []
     for toks, cap in zip(raw, caps):

@@ -47,7 +47,9 @@ from ...kd.losses import build_divergence
 from ..validation import dev_losses
 from .base import BatchSource
 from .common import (
+    REFRESH_PARAMS,
     SAMPLING_PARAMS,
+    PolicyEngine,
     Sampling,
     collate,
     pad_id_of,
@@ -75,6 +77,7 @@ PARAMS: dict[str, Any] = {
     "val_samples": 1000,            # dev examples used (None: all)
     "replay_ratio": "decreasing",   # share of p that samples fresh: decreasing (1 - step/total) | constant | increasing
     **SAMPLING_PARAMS,
+    **REFRESH_PARAMS,
 }
 
 
@@ -183,8 +186,10 @@ class DistiLLMSource(BatchSource):
                  divergence: str, div_params: dict[str, Any] | None = None, schedule: AdaptiveProbability,
                  capacity: int = PARAMS["replay_capacity"], replay_ratio: str = PARAMS["replay_ratio"],
                  val_every: int = 0, val_loss: str = PARAMS["val_loss"], val_batch: int = 16, chunk_size: int = 1024,
-                 sampling: Sampling | None = None, max_len: int = 512, run_dir=None, rank: int = 0):
+                 sampling: Sampling | None = None, max_len: int = 512, run_dir=None, rank: int = 0,
+                 policy_engine: PolicyEngine | None = None):
         super().__init__(run_dir=run_dir, rank=rank)
+        self.policy_engine = policy_engine       # vLLM sampling (sampling.engine=vllm), else the native sampler
         if replay_ratio not in REPLAY_RATIOS:
             raise ValueError(f"distillm: replay_ratio must be one of {REPLAY_RATIOS}, got {replay_ratio!r}")
         if val_loss not in VAL_LOSSES:
@@ -226,8 +231,9 @@ class DistiLLMSource(BatchSource):
         if u < p_fresh or (u < p and not self.buffer.full):
             prompts = prompts_of(batch)
             keys = self.keys_for(self.calls, len(prompts))
+            engine = self.policy_engine.for_model(self.student) if self.policy_engine is not None else None
             responses = sample_responses(self.student, self.tokenizer, prompts, keys, seed=self.seed,
-                                         sampling=self.sampling, max_len=self.max_len)
+                                         sampling=self.sampling, max_len=self.max_len, engine=engine)
             examples = to_examples(prompts, responses)
             self.buffer.add(examples)
             self.last_keys, self.last_prompts, self.last_kind = keys, prompts, "fresh"
@@ -274,6 +280,10 @@ class DistiLLMSource(BatchSource):
         if kd:
             return losses["kd_sum"] / losses["tokens"] if losses["tokens"] else math.nan
         return sum(losses["batch_ce"]) / len(losses["batch_ce"]) if losses["batch_ce"] else math.nan
+
+    def close(self) -> None:
+        if self.policy_engine is not None:
+            self.policy_engine.close()
 
     # -- state and logs --------------------------------------------------------------------------------
     def step_stats(self, trainer) -> dict[str, float]:

@@ -23,7 +23,9 @@ import torch
 
 from .base import BatchSource
 from .common import (
+    REFRESH_PARAMS,
     SAMPLING_PARAMS,
+    PolicyEngine,
     Sampling,
     collate,
     pad_id_of,
@@ -39,6 +41,7 @@ from .common import (
 PARAMS: dict[str, Any] = {
     "lambda": 0.5,             # probability that a micro-batch is replaced by on-policy student samples
     **SAMPLING_PARAMS,
+    **REFRESH_PARAMS,
 }
 
 
@@ -46,8 +49,9 @@ class GKDSource(BatchSource):
     name = "gkd"
 
     def __init__(self, *, student, tokenizer, seed: int, lam: float = PARAMS["lambda"], sampling: Sampling | None = None,
-                 max_len: int = 512, run_dir=None, rank: int = 0):
+                 max_len: int = 512, run_dir=None, rank: int = 0, policy_engine: PolicyEngine | None = None):
         super().__init__(run_dir=run_dir, rank=rank)
+        self.policy_engine = policy_engine       # vLLM sampling (sampling.engine=vllm), else the native sampler
         if not 0.0 <= lam <= 1.0:
             raise ValueError(f"gkd: lambda must be in [0, 1], got {lam}")
         self.student, self.tokenizer = student, tokenizer
@@ -70,8 +74,9 @@ class GKDSource(BatchSource):
             return batch
         prompts = prompts_of(batch)
         keys = self.keys_for(self.calls, len(prompts))
+        engine = self.policy_engine.for_model(self.student) if self.policy_engine is not None else None
         responses = sample_responses(self.student, self.tokenizer, prompts, keys, seed=self.seed,
-                                     sampling=self.sampling, max_len=self.max_len)
+                                     sampling=self.sampling, max_len=self.max_len, engine=engine)
         self.last_keys, self.last_prompts = keys, prompts
         self.n_onpolicy += 1
         self.count("on_policy")
@@ -84,6 +89,10 @@ class GKDSource(BatchSource):
         if not n:
             return {}
         return {"on_policy_frac": st.get("on_policy", 0.0) / n, "sampled_tokens": st.get("sampled_tokens", 0.0)}
+
+    def close(self) -> None:
+        if self.policy_engine is not None:
+            self.policy_engine.close()
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generator": self.generator.get_state(), "n_onpolicy": self.n_onpolicy}

@@ -2,7 +2,7 @@
 generated for the training prompts, instead of the dataset's responses.
 
 - The responses are generated once and cached on disk under <output_root>/cache/seqkd/<key>/, the key
-  being a hash of the teacher (build.identity.teacher_key), the training prompts' token ids,
+  being a hash of the teacher (assemble.identity.teacher_key), the training prompts' token ids,
   dataset.max_len and the generation settings (sampling, seed). Every later run (any method on top, any
   train.seed, a sweep) reuses them.
 - Each prompt's random stream is (recipe_params.seed, "seqkd:<hash of its prompt ids>:<occurrence>"), so
@@ -56,14 +56,19 @@ class SeqKDSource(BatchSource):
     name = "seqkd"
 
     def __init__(self, *, teacher, tokenizer, cache_root: Path, teacher_key: str, sampling: Sampling,
-                 seed: int = PARAMS["seed"], max_len: int = 512, run_dir=None, rank: int = 0, progress: bool = True):
+                 seed: int = PARAMS["seed"], max_len: int = 512, run_dir=None, rank: int = 0, progress: bool = True,
+                 open_engine=None):
         super().__init__(run_dir=run_dir, rank=rank)
+        # sampling.engine=vllm: a callable starting a vLLM engine on the teacher, called only when the cache is
+        # missing (None: the native sampler)
+        self.open_engine = open_engine
         self.teacher, self.tokenizer = teacher, tokenizer
         self.cache_root, self.teacher_key = Path(cache_root), teacher_key
         self.sampling, self.seed, self.max_len = sampling, int(seed), int(max_len)
         self.progress = progress
         self.cache_dir: Path | None = None
         self.generated_now = False
+        self.engine_stats: dict[str, Any] = {}
 
     def cache_key(self, prompts: Sequence[Sequence[int]]) -> str:
         h = hashlib.sha256()
@@ -81,9 +86,15 @@ class SeqKDSource(BatchSource):
         if not path.exists() and info().is_main:
             t0 = time.time()
             log.info("seqkd: the teacher generates %d responses (cached in %s)", len(prompts), self.cache_dir)
-            responses = sample_responses(self.teacher, self.tokenizer, prompts, stream_keys(prompts),
-                                         seed=self.seed, sampling=self.sampling, max_len=self.max_len,
-                                         progress=self.progress)
+            engine = self.open_engine() if self.open_engine is not None else None
+            try:
+                responses = sample_responses(self.teacher, self.tokenizer, prompts, stream_keys(prompts),
+                                             seed=self.seed, sampling=self.sampling, max_len=self.max_len,
+                                             progress=self.progress, engine=engine)
+            finally:
+                if engine is not None:
+                    self.engine_stats = engine.stats.record()
+                    engine.close()
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.cache_dir / "meta.json", {
                 "teacher": self.teacher_key, "n": len(prompts), "seed": self.seed, "max_len": self.max_len,

@@ -1,7 +1,7 @@
 """The world miniature's regime figures, from the shipped models (docs/world.md, issue 12).
 
 (a) held-out LM loss (nats/token) of world-teacher-base and world-student on the corpus' "heldout" stream,
-    packed as in pretraining (adakd.experiment.world_build);
+    packed as in pretraining (adakd.shipped.world_models);
 (b) the fine-tuned teacher's mean next-token entropy (nats) on the reference responses of world-test,
     teacher-forced, response tokens only (with the cross-entropy of the reference beside it);
 (c) the same for the untrained student (world-student, pretrained, not instruction-tuned);
@@ -9,7 +9,7 @@
     Hellinger difficulty of every token in the telemetry rows nearest mid-training, and the share of tokens
     with s_i in [0.1, 0.5] (plots.plot_difficulty_mid; the figure goes to --figure).
 
-    python -m adakd.experiment.world_probe [--assets DIR] [--threads N] [--samples N] [--out FILE]
+    python -m adakd.shipped.world_probe [--assets DIR] [--threads N] [--samples N] [--out FILE]
                                            [--difficulty RUN_DIR [--figure PNG]]
 """
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import Dict, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..build.data import encode
-from ..data import world_tasks
+from ..assemble.data import encode
+from ..data.world import tasks as world_tasks
 from ..data.prompts import collate_train
 from ..io import atomic_write_json
 from ..models import load_pretrained, load_tokenizer, verify_checksum
 from ..training.forward import head_logits, hidden_at, response_positions
-from .plots import plot_difficulty_mid
-from .world_build import RECIPE, compose_world, corpus_examples, lm_loss, package_assets
+from ..experiment.plots import plot_difficulty_mid
+from .world_models import RECIPE, compose_world, corpus_examples, lm_loss, package_assets
 
 
 @torch.no_grad()

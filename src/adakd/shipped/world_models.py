@@ -17,8 +17,8 @@ when its recipe key matches):
    Both get one pretraining recipe (same sequences, steps, schedule; only architecture and seeds differ),
    as the members of a model family do; capacity alone makes the teacher base the stronger LM (regime
    criterion: lower held-out LM loss on the "heldout" stream; measured 0.693 vs 0.953 nats/token).
-3. the instruction-tuned teacher (`world-teacher`): the config experiment=world composed as `make teacher`
-   does, `get_teacher` fine-tunes world-teacher-base with conf/model/world.yaml's teacher.finetune into the
+3. the instruction-tuned teacher (`world-teacher`): the config experiment=world composed (as every run composes
+   it), `get_teacher` fine-tunes world-teacher-base with conf/model/world.yaml's teacher.finetune into the
    cache `finetuned_teacher_dir(cfg)`, which is copied to the asset; its `recipe_hash` is `teacher_key(cfg)`
    of the config the pipeline composes, so runs use it (checked at the end).
 
@@ -52,12 +52,13 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from .. import runinfo
-from ..build.context import Context
-from ..build.data import run_data
-from ..build.identity import finetuned_teacher_dir, teacher_key
-from ..build.teacher import get_teacher, shipped_teacher
-from ..build.tokenizer import get_tokenizer
-from ..data import world, world_tasks
+from ..assemble.context import Context
+from ..assemble.data import run_data
+from ..assemble.identity import finetuned_teacher_dir, teacher_key
+from ..assemble.teacher import get_teacher, shipped_teacher
+from ..assemble.tokenizer import get_tokenizer
+from ..data import world
+from ..data.world import tasks as world_tasks
 from ..data.prompts import collate_train
 from ..models import (file_sha256, load_tokenizer, model_from_arch, save_model, tokenizer_fingerprint,
                       train_bpe_tokenizer)
@@ -65,7 +66,7 @@ from ..schema import TrainConfig
 from ..tracking import NullLogger
 from ..training.loop import Trainer
 from ..training.validation import dev_losses
-from .config_store import register_configs
+from ..experiment.config_store import register_configs
 
 log = logging.getLogger(__name__)
 

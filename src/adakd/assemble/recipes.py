@@ -11,10 +11,11 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from ..training import distributed
-from ..training.recipes import (AdaptiveProbability, BatchSource, DistiLLMSource, GKDSource, Sampling,
-                                SeqKDSource, recipe_params)
+from ..training.recipes import (ON_POLICY, AdaptiveProbability, BatchSource, DistiLLMSource, GKDSource,
+                                PolicyEngine, Sampling, SeqKDSource, recipe_params)
 from .context import Context
 from .data import RunData, encoded_dev, encoded_train
+from .engine import open_policy_engine, open_teacher_engine
 from .identity import seqkd_root, teacher_key
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,15 @@ def build_recipe(cfg: DictConfig, *, student, teacher, tokenizer, data: RunData,
     rank = distributed.info().rank
     max_len = int(cfg.dataset.max_len)
     micro = int(cfg.train.micro_batch)
+    engine = str(p.get("engine") or cfg.eval.engine)
+    sampling = Sampling.from_params(p, micro, engine)
+    policy = None
+    if recipe in ON_POLICY and engine == "vllm":
+        policy = PolicyEngine(lambda: open_policy_engine(cfg, student, tokenizer, run_dir, device, max_len),
+                              refresh_every=int(p["refresh_every"]))
     if recipe == "gkd":
         return GKDSource(student=student, tokenizer=tokenizer, seed=int(cfg.train.seed), lam=float(p["lambda"]),
-                         sampling=Sampling.from_params(p, micro), max_len=max_len, run_dir=run_dir, rank=rank)
+                         sampling=sampling, max_len=max_len, run_dir=run_dir, rank=rank, policy_engine=policy)
     if recipe == "distillm":
         n = int(p["val_samples"]) if p["val_samples"] else None
         dev = encoded_dev(cfg, tokenizer, data, ctx, n) if data.dev else []
@@ -47,13 +54,18 @@ def build_recipe(cfg: DictConfig, *, student, teacher, tokenizer, data: RunData,
                               div_params=dict(cfg.method.get("params") or {}), schedule=schedule,
                               capacity=int(p["replay_capacity"]), replay_ratio=str(p["replay_ratio"]),
                               val_every=val_every, val_loss=str(p["val_loss"]), val_batch=micro,
-                              chunk_size=int(cfg.train.loss_chunk_size), sampling=Sampling.from_params(p, micro),
-                              max_len=max_len, run_dir=run_dir, rank=rank)
+                              chunk_size=int(cfg.train.loss_chunk_size), sampling=sampling,
+                              max_len=max_len, run_dir=run_dir, rank=rank, policy_engine=policy)
     if recipe == "seqkd":
         if float(cfg.method.kd_ratio) == 0.0 and (cfg.adakd.latf or cfg.adakd.idts):
             log.warning("method=seqkd with kd_ratio=0 trains by cross-entropy on the teacher's responses: there "
                         "is no token-level KD loss for AdaKD to wrap; set method.kd_ratio > 0 for that")
+        open_engine = None
+        if engine == "vllm":
+            def open_engine():
+                return open_teacher_engine(cfg, teacher, tokenizer, ctx, run_dir, device)
         return SeqKDSource(teacher=teacher, tokenizer=tokenizer, cache_root=seqkd_root(cfg),
-                           teacher_key=teacher_key(cfg), sampling=Sampling.from_params(p, 32), seed=int(p["seed"]),
-                           max_len=max_len, run_dir=run_dir, rank=rank, progress=bool(cfg.run.progress))
+                           teacher_key=teacher_key(cfg), sampling=Sampling.from_params(p, 32, engine),
+                           seed=int(p["seed"]), max_len=max_len, run_dir=run_dir, rank=rank,
+                           progress=bool(cfg.run.progress), open_engine=open_engine)
     raise ValueError(f"unknown recipe {recipe!r}")

@@ -29,6 +29,9 @@ NON_SEMANTIC_KEYS = [
     "eval.batch_size", "train.threads", "train.log_every", "train.ckpt_every", "train.keep_last",
     # where and how it runs, not what it computes (world size / FSDP: docs/scale.md)
     "train.fsdp", "train.preflight", "train.preflight_margin", "model.teacher.device", "model.student.device",
+    # how the vLLM engine schedules and where it keeps its cache (the samples do not depend on it: tested)
+    "eval.vllm.requests_per_call", "eval.vllm.max_num_seqs", "eval.vllm.cpu_kv_cache_gib",
+    "eval.vllm.gpu_memory_utilization",
 ]
 # The dataset keys that shape the training sequences (and so the teacher fine-tuned on them).
 DATA_KEYS = ("name", "train_split", "n_train", "seed", "tasks", "max_prompt_len", "max_len", "overlong",
@@ -51,6 +54,17 @@ def semantic_config(cfg: DictConfig, unused: Iterable[str] = ()) -> Dict[str, An
     if not (c.get("dataset") or {}).get("world"):   # only dataset=world has one: other runs keep their hash
         (c.get("dataset") or {}).pop("world", None)
     # The teacher cache off is the plain live-teacher run: the same directory as before the setting existed.
+    # The native engine is the run as it was before engines existed: the same directory (for the evaluation,
+    # and for a recipe's sampling, whose engine follows eval.engine unless it names its own).
+    ev = c.get("eval") or {}
+    eval_engine = ev.get("engine", "native")
+    if eval_engine == "native":
+        ev.pop("engine", None)
+        ev.pop("vllm", None)
+    recipe = (c.get("method") or {}).get("recipe_params")
+    if isinstance(recipe, dict) and "engine" in recipe and (recipe["engine"] or eval_engine) == "native":
+        recipe.pop("engine", None)
+        recipe.pop("refresh_every", None)
     train = c.get("train") or {}
     if not (train.get("teacher_cache") or {}).get("enabled", False):
         train.pop("teacher_cache", None)

@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 from omegaconf import DictConfig, OmegaConf
 
 from .. import runinfo
-from ..data import synthetic, world_tasks
+from ..data import synthetic
+from ..data.world import tasks as world_tasks
 from ..data.benchmarks import BENCHMARKS, load_benchmark, source_files
 from ..data.example import Example
 from ..data.prompts import apply_chat_template, encode_example

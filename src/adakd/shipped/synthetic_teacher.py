@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_module
 
-from ..build.context import Context
-from ..build.data import run_data
-from ..build.identity import finetuned_teacher_dir
-from ..build.teacher import get_teacher
-from ..build.tokenizer import get_tokenizer
-from .config_store import register_configs
+from ..assemble.context import Context
+from ..assemble.data import run_data
+from ..assemble.identity import finetuned_teacher_dir
+from ..assemble.teacher import get_teacher
+from ..assemble.tokenizer import get_tokenizer
+from ..experiment.config_store import register_configs
 
 
 def main(argv=None) -> None:

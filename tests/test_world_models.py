@@ -1,4 +1,4 @@
-"""`make world-models` (adakd.experiment.world_build) shrunk to seconds: the three model directories, loadable,
+"""`make world-models` (adakd.shipped.world_models) shrunk to seconds: the three model directories, loadable,
 the fine-tuned teacher found by the pipeline's recipe hash, and the same checksums on a second build."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from adakd.build.teacher import shipped_teacher
-from adakd.experiment import world_build
+from adakd.assemble.teacher import shipped_teacher
+from adakd.shipped import world_models
 from adakd.models import load_pretrained, load_tokenizer, train_bpe_tokenizer
 
 MODELS = ("world-teacher-base", "world-student", "world-teacher")
@@ -16,7 +16,7 @@ MODELS = ("world-teacher-base", "world-student", "world-teacher")
 
 def test_pack_makes_full_lm_sequences(tmp_path):
     tok = train_bpe_tokenizer(["a b c d e"] * 10, 300, tmp_path / "tok")
-    examples = world_build.pack(tok, ["a b c", "d e"] * 20, 16)
+    examples = world_models.pack(tok, ["a b c", "d e"] * 20, 16)
     assert examples and all(len(e["input_ids"]) == 16 and e["labels"] == e["input_ids"] for e in examples)
     assert examples[0]["input_ids"].count(tok.eos_token_id) >= 2   # every passage ends with EOS
 
@@ -25,10 +25,10 @@ def test_pack_makes_full_lm_sequences(tmp_path):
 def test_quick_build_is_complete_loadable_and_deterministic(tmp_path):
     threads = torch.get_num_threads()
     try:
-        runs = [world_build.build(tmp_path / f"out{i}", tmp_path / f"work{i}", threads=1, quick=True,
+        runs = [world_models.build(tmp_path / f"out{i}", tmp_path / f"work{i}", threads=1, quick=True,
                                   progress=False) for i in (1, 2)]
         # a finished work directory is reused, stage by stage, into another destination
-        again = world_build.build(tmp_path / "out3", tmp_path / "work1", threads=1, quick=True, progress=False)
+        again = world_models.build(tmp_path / "out3", tmp_path / "work1", threads=1, quick=True, progress=False)
     finally:
         torch.set_num_threads(threads)
     out = tmp_path / "out1"
@@ -37,9 +37,9 @@ def test_quick_build_is_complete_loadable_and_deterministic(tmp_path):
         for f in ("model.safetensors", "tokenizer.json", "adakd_model.json", "config.json"):
             assert (d / f).is_file(), f"{d / f} missing"
         assert json.loads((d / "adakd_model.json").read_text())["sha256"] == runs[0]["sha256"][name]
-    for name in world_build.BASES:
+    for name in world_models.BASES:
         assert load_pretrained(str(out / name)).config.vocab_size == len(load_tokenizer(str(out / name)))
         assert runs[0]["heldout_lm_loss"][name] > 0
-    cfg = world_build.compose_world([*world_build.QUICK_OVERRIDES, f"model.teacher_asset={out / 'world-teacher'}"])
+    cfg = world_models.compose_world([*world_models.QUICK_OVERRIDES, f"model.teacher_asset={out / 'world-teacher'}"])
     assert shipped_teacher(cfg) is not None
     assert runs[0]["sha256"] == runs[1]["sha256"] == again["sha256"]

@@ -31,10 +31,10 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .example import Example
-from .prompts import render_prompt
-from .world import World, WorldSpec, build_world
-from .world_draws import (
+from ..example import Example
+from ..prompts import render_prompt
+from . import World, WorldSpec, build_world
+from .draws import (
     Draw,
     classify_diet,
     compare_people,
@@ -237,7 +237,7 @@ def world_for(spec: Dict | None) -> World:
 
 def generate_all(spec: Dict | None, n_train: int, n_dev: int, n_test: int, seed: int) -> Dict[str, Any]:
     """The train and dev splits and the five benchmarks (`n_test` examples each; eval.max_samples takes the
-    first N) of dataset=world, with the provenance of each (build.data wraps them into the run's data)."""
+    first N) of dataset=world, with the provenance of each (assemble.data wraps them into the run's data)."""
     spec = dict(spec or {})
     w = world_for(spec)
     benches = {name: generate(w, name, n_test, seed) for name in BENCHMARKS}

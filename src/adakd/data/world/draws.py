@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from .world import (ARTIFACT_KEYS, CREATURE_KEYS, PERSON_KEYS, TERRAIN_ACTIVITIES, TERRAIN_PLACE, TOOLS,
+from . import (ARTIFACT_KEYS, CREATURE_KEYS, PERSON_KEYS, TERRAIN_ACTIVITIES, TERRAIN_PLACE, TOOLS,
                     TOWN_KEYS, World, a_an, artifact_sentences, cap,
                     creature_passage, creature_sentences, join_names, person_sentences, some,
                     story_passage, town_passage, town_sentences)

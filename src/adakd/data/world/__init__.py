@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
-from .world_vocab import (  # noqa: F401 - the vocabulary is re-exported with the world
+from .vocab import (  # noqa: F401 - the vocabulary is re-exported with the world
     OCCUPATIONS, TOOLS, FOODS, TRAITS, HOBBIES, TERRAINS, TERRAIN_PLACE, TERRAIN_HABITAT, TERRAIN_ACTIVITIES,
     PRODUCTS, TOWN_SIZES, NUMBER_WORDS, COLOURS, DIETS, HUNTER_DIETS, CREATURE_SIZES, HABITS, TEMPERS,
     CREATURE_HEADS, CREATURE_TAILS, MATERIALS, OBJECTS, PURPOSES, ONSETS, VOWELS, CODAS, TOWN_ENDS, LAND_ENDS,
