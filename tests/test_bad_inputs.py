@@ -85,6 +85,24 @@ CONFIG_CASES = {   # overrides -> substrings of the message
     "n_train 0": (["dataset.n_train=0"], ["dataset.n_train=0 is out of range [1, inf]"]),
     "val_size 0": (["dataset.val_size=0"], ["dataset.val_size=0 is out of range"]),
     "model source": (["model.student.source=pretrainde"], ["model.student.source='pretrainde' is not valid"]),
+    # issue 23: one rule for numbers (NaN passes every range check), unique seeds, interpolations, finetune ranges
+    "temperature nan": (["eval.temperature=nan"], ["eval.temperature=nan is not a finite number"]),
+    "top_p nan": (["eval.top_p=nan"], ["eval.top_p=nan is not a finite number"]),
+    "lr inf": (["train.lr=inf"], ["train.lr=inf is not a finite number"]),
+    "epochs inf": (["train.steps=null", "train.epochs=inf"], ["train.epochs=inf is not a finite number"]),
+    "nan in a list": (["train.betas=[0.9,nan]"], ["train.betas[1]=nan is not a finite number"]),
+    "nan in a free section": (["method=jsd", "method.params.beta=nan"], ["method.params.beta=nan is not a finite"]),
+    "teacher fine-tune lr inf": (["model.teacher.finetune.lr=inf"],
+                                 ["model.teacher.finetune.lr=inf is not a finite number"]),
+    "teacher fine-tune lr negative": (["model.teacher.finetune.lr=-1"],
+                                      ["model.teacher.finetune.lr=-1.0 is out of range (0.0, inf]"]),
+    "duplicate generation seeds": (["eval.seeds=[10,10]"], ["eval.seeds=[10, 10] repeats [10]"]),
+    # {{ }}: the rows go through str.format
+    "interpolation error": (["train.lr=${{nope}}"], ["train.lr: Interpolation key 'nope' not found"]),
+    "pretrained student with another tokenizer": (
+        ["model.student.source=pretrained", "model.student.path=builtin:world-student"],
+        ["model.student.path=builtin:world-student and the run's tokenizer (model.tokenizer=synthetic",
+         "use different tokenizers: token id 257 is"]),
 }
 
 
@@ -98,6 +116,15 @@ def test_bad_settings_are_refused_before_anything_runs(case, tmp_path, capsys):
     for needle in needles:
         assert needle in err, f"{needle!r} not in: {err}"
     _nothing_written(out)
+
+
+def test_an_output_root_that_is_a_file_is_refused(tmp_path, capsys):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    rc, _ = _run(tmp_path, [f"run.output_root={target}"])
+    err = capsys.readouterr().err
+    assert rc == USER_ERROR_EXIT_CODE and f"run.output_root={target} is not a directory" in err
+    assert target.read_text() == "x"
 
 
 def _bad_dev_json(root):
@@ -125,9 +152,36 @@ def _bad_train_record(root):
     return ["train.jsonl, line 7: missing field(s) output"]
 
 
+def _dev_is_a_directory(root):
+    (root / "dolly" / "dev.jsonl").unlink()
+    (root / "dolly" / "dev.jsonl").mkdir()
+    return ["benchmark 'dolly' (dev):", "dev.jsonl is a directory"]
+
+
+def _dev_is_a_fifo(root):   # reading it would block forever
+    (root / "dolly" / "dev.jsonl").unlink()
+    os.mkfifo(root / "dolly" / "dev.jsonl")
+    return ["dev.jsonl is not a regular file"]
+
+
+def _deeply_nested_line(root):
+    _break_line(root / "dolly" / "dev.jsonl", 2, b"[" * 200_000 + b"\n")
+    return ["dev.jsonl, line 2: JSON nested too deeply"]
+
+
+def _unreadable_dev(root):
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file whatever its permissions")
+    (root / "dolly" / "dev.jsonl").chmod(0)
+    return ["dev.jsonl: cannot be read (Permission denied)"]
+
+
 DATA_CASES = {"malformed dev line": _bad_dev_json, "non-UTF-8 dev byte": _bad_dev_utf8,
               "missing dev file": _missing_dev, "non-UTF-8 test byte": _bad_test_utf8,
-              "training record without output": _bad_train_record}
+              "training record without output": _bad_train_record,
+              # issue 23
+              "directory in place of a data file": _dev_is_a_directory, "FIFO in place of a data file": _dev_is_a_fifo,
+              "pathologically nested JSON line": _deeply_nested_line, "unreadable data file": _unreadable_dev}
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
@@ -140,6 +194,70 @@ def test_bad_data_is_refused_naming_file_and_line(case, data, tmp_path, capsys):
     for needle in needles:
         assert needle in err, f"{needle!r} not in: {err}"
     _nothing_written(out)
+
+
+# ------------------------------------------------------------------ model directories (checked before loading)
+def _copy_student(d: Path, keep=("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")):
+    import shutil
+    from adakd.assemble.identity import model_path
+    d.mkdir()
+    for name in keep:
+        shutil.copy(Path(model_path("builtin:world-student")) / name, d / name)
+
+
+def _empty_model_dir(d):
+    d.mkdir()
+    return ["holds no config.json: not a model directory (empty)"]
+
+
+def _malformed_config(d):
+    _copy_student(d)
+    (d / "config.json").write_text('{"model_type": "gpt2",')
+    return ["config.json is unreadable or malformed"]
+
+
+def _pickle_only(d):
+    _copy_student(d, keep=("config.json",))
+    (d / "pytorch_model.bin").write_bytes(b"not unpickled")
+    return ["has no .safetensors weights, only pickle files (pytorch_model.bin), which adakd never loads"]
+
+
+def _truncated_safetensors(d):   # no adakd_model.json: no checksum to catch it
+    _copy_student(d)
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    return ["model.safetensors is incomplete or corrupt", "its header lists"]
+
+
+MODEL_DIR_CASES = {"empty": _empty_model_dir, "malformed config.json": _malformed_config,
+                   "only a pickle .bin": _pickle_only, "truncated safetensors": _truncated_safetensors}
+
+
+@pytest.mark.parametrize("case", list(MODEL_DIR_CASES))
+def test_a_broken_model_directory_is_refused_before_loading(case, tmp_path, capsys):
+    d = tmp_path / "student"
+    needles = MODEL_DIR_CASES[case](d)
+    rc, out = _run(tmp_path, ["model.student.source=pretrained", f"model.student.path={d}"])
+    err = capsys.readouterr().err
+    assert rc == USER_ERROR_EXIT_CODE and err.startswith("adakd-run: error: ") and "Traceback" not in err, err
+    assert f"model.student.path: {d}" in err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in: {err}"
+    _nothing_written(out)
+
+
+def test_a_model_path_with_tilde_is_expanded_for_the_loader_too(tmp_path, monkeypatch):
+    """The validator expanded `~`, the loader did not: one place (build.identity.model_path) expands it."""
+    from adakd.assemble.construct import build_model
+    from adakd.assemble.identity import model_path
+    from adakd.models import load_tokenizer
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _copy_student(tmp_path / "student")
+    assert model_path("~/student") == str(tmp_path / "student")
+    spec = compose_cfg(["model=world"]).model.student
+    spec.path = "~/student"
+    model = build_model(spec, load_tokenizer(model_path("~/student")))
+    assert model.config.n_layer == 2
 
 
 @pytest.mark.parametrize("extra,needles", [
@@ -189,6 +307,23 @@ def test_cli_help_and_a_refusal_through_the_console_script(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("args,needle", [
+    (["model=nope"], "Could not find 'model/nope'"),                      # Hydra's composition error
+    (["train.lr=["], "no viable alternative at input '['"),               # Hydra's override grammar
+    (["run.output_root={file}"], "is not a directory"),                   # Hydra's own directories under it
+])
+def test_hydras_own_errors_exit_2_as_help_promises(args, needle, tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": ""}
+    out = subprocess.run([str(ADAKD_RUN), "experiment=smoke", f"run.output_root={tmp_path}"]
+                         + [a.format(file=file) for a in args], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == USER_ERROR_EXIT_CODE, out.stderr
+    assert needle in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists() and file.read_text() == "x"
+
+
 # ------------------------------------------------------------------------- run identity and run directories
 @pytest.fixture
 def finished_dolly_run(data, tmp_path):
@@ -217,6 +352,16 @@ def test_a_changed_benchmark_file_is_evaluated_again(finished_dolly_run, data, t
     assert rc == 0 and again["run"]["dir"] == first["run"]["dir"]
     assert again["protocol"]["data_files"]["dolly"][0]["sha256"] != first["protocol"]["data_files"]["dolly"][0]["sha256"]
     assert "changed since" in caplog.text
+
+
+@pytest.mark.integration
+def test_a_metrics_file_that_is_not_an_object_is_an_unfinished_run(finished_dolly_run, data, tmp_path):
+    """issue 23: `[]` (valid JSON, not a result) crashed adakd-run; it is a run to finish, and is finished."""
+    ovs, out = finished_dolly_run
+    (path,) = (out / "runs").glob("*/metrics.json")
+    path.write_text("[]")
+    rc, _ = _run(tmp_path, ovs, data)
+    assert rc == 0 and _metrics(out)["status"] == "ok"
 
 
 @pytest.mark.integration
@@ -321,3 +466,18 @@ def test_every_package_goes_into_the_wheel():
     found = set(find_packages(str(src)))
     dirs = {".".join(p.parent.relative_to(src).parts) for p in src.rglob("*.py")}
     assert dirs <= found, f"directories with modules that are not packages: {sorted(dirs - found)}"
+
+
+def test_the_sweep_summary_keeps_the_whole_error_and_points_only_to_written_files(tmp_path):
+    """issue 23: a config error's keys are on its later lines; a job refused by a lock writes no failure.json."""
+    from adakd.experiment.sweep import format_summary
+    jobs = [{"status": "failed", "overrides": ["adakd.c=-1"], "run_dir": str(tmp_path / "a"),
+             "error": "ConfigError: invalid configuration:\n  - adakd.c=-1.0 is out of range [0.0, inf]"},
+            {"status": "failed", "overrides": ["train.seed=2"], "run_dir": str(tmp_path / "b"),
+             "error": "RunLocked: the run directory is in use"},
+            {"status": "failed", "overrides": ["train.seed=3"], "run_dir": str(tmp_path / "c"),
+             "error": "RuntimeError: boom", "details": str(tmp_path / "c" / "failure.json")}]
+    text = format_summary({"sweep_dir": str(tmp_path), "jobs": 3, "ok": 0, "skipped": 0, "failed": 3,
+                           "seconds": 1.0, "results": jobs})
+    assert "adakd.c=-1.0 is out of range [0.0, inf]" in text
+    assert text.count("details:") == 1 and f"details: {tmp_path / 'c' / 'failure.json'}" in text

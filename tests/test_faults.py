@@ -300,3 +300,7 @@ def test_failing_job_does_not_stop_the_sweep(tmp_path, baseline):
     (summary,) = (root / "hydra" / "multirun").glob("*/sweep_summary.json")
     s = json.loads(summary.read_text())
     assert s["failed"] == 1 and s["ok"] == 1
+    # issue 23: the refused job (a bad setting) leaves no run directory of its own, and the summary shows the
+    # whole error (the key), pointing to no failure.json that was never written
+    assert [d for d in (root / "runs").iterdir() if d.is_dir()] == finished
+    assert "adakd.c=-1.0 is out of range" in r.stdout and "details:" not in r.stdout

@@ -123,24 +123,47 @@ def test_vocab_padding_rows_are_aligned():
     assert torch.isfinite(loss_padded) and torch.allclose(loss_padded, loss_cut)
 
 
-def test_different_tokenizers_are_refused(tmp_path):
+def test_different_tokenizers_are_refused_naming_both_and_the_first_differing_id(tmp_path):
+    """Tokenizers must agree on every id they share; one may only add ids past the other's end."""
     from transformers import PreTrainedTokenizerFast
+    from adakd.assemble.identity import model_path
+    from adakd.models import load_tokenizer
     a = tiny_tokenizer(300)
-    b = tiny_tokenizer.__wrapped__(280) if hasattr(tiny_tokenizer, "__wrapped__") else None
     check_same_tokenizer(a, a)
     a.save_pretrained(str(tmp_path / "a"))
     check_same_tokenizer(a, PreTrainedTokenizerFast.from_pretrained(str(tmp_path / "a")))
-    if b is not None:
-        with pytest.raises(ModelLoadError, match="different tokenizers"):
-            check_same_tokenizer(a, b)
+    check_same_tokenizer(a, tiny_tokenizer(280))   # the same BPE, fewer merges: ids 0..279 agree
+    world = load_tokenizer(model_path("builtin:world-student"))
+    ta = {i: t for t, i in a.get_vocab().items()}
+    tw = {i: t for t, i in world.get_vocab().items()}
+    first = min(i for i in set(ta) & set(tw) if ta[i] != tw[i])
+    with pytest.raises(ModelLoadError) as err:
+        check_same_tokenizer(a, world, run_name="RUN-TOK", own_name="model.student.path=W")
+    msg = str(err.value)
+    assert "model.student.path=W and RUN-TOK use different tokenizers" in msg
+    assert f"token id {first} is {tw[first]!r} in the first and {ta[first]!r} in the second" in msg
+
+
+def test_a_model_with_fewer_vocabulary_rows_than_the_tokenizer_is_refused():
+    """Vocabularies hundreds of entries apart are not padding: the smaller model lacks rows for real ids."""
+    from adakd.assemble.construct import check_vocab_rows
+    from adakd.models.loading import model_from_arch
+    tok = tiny_tokenizer(300)
+    arch = {"n_layer": 1, "n_embd": 16, "n_head": 2, "n_positions": 32}
+    check_vocab_rows(model_from_arch(arch, 300, 0, 0), tok, "m")
+    check_vocab_rows(model_from_arch(arch, 320, 0, 0), tok, "m")   # padded rows: fine
+    with pytest.raises(ModelLoadError, match="the model X has 280 vocabulary rows but the run's tokenizer has 300"):
+        check_vocab_rows(model_from_arch(arch, 280, 0, 0), tok, "the model X")
 
 
 def test_pipeline_refuses_a_student_with_another_tokenizer(tmp_path):
     from adakd.assemble.tokenizer import check_pair_tokenizers
     from adakd.assemble.context import Context
     from adakd.schema import RunConfig
+    from adakd.assemble.identity import model_path
+    from adakd.models import load_tokenizer
     teacher_tok = tiny_tokenizer(300)
-    other = tiny_tokenizer.__wrapped__(280)
+    other = load_tokenizer(model_path("builtin:world-student"))   # another vocabulary
     teacher_tok.save_pretrained(str(tmp_path / "teacher"))
     other.save_pretrained(str(tmp_path / "student"))
     cfg = OmegaConf.structured(RunConfig)

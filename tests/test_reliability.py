@@ -495,15 +495,18 @@ def test_malformed_training_data_fails_before_tokenizer_or_models(tmp_path):
 def test_mismatched_tokenizers_refused_before_models_load(tmp_path):
     from adakd.experiment import runner
     from adakd.models import ModelLoadError, train_bpe_tokenizer
+    from adakd.models.loading import model_from_arch
     a, b = tmp_path / "tok-a", tmp_path / "tok-b"
     train_bpe_tokenizer(["alpha beta gamma delta"] * 20, 280, a)
     train_bpe_tokenizer(["one two three four five"] * 20, 290, b)
+    for d, vocab in ((a, 280), (b, 290)):   # complete model directories: refused for the tokenizers alone
+        model_from_arch({"n_layer": 1, "n_embd": 8, "n_head": 2, "n_positions": 160}, vocab, 0, 0).save_pretrained(d)
     cfg = compose_cfg(["experiment=smoke", f"model.tokenizer={a}", "model.teacher.source=pretrained",
                        f"model.teacher.path={a}", "model.student.source=pretrained",
                        f"model.student.path={b}", "run.baselines=[]", f"run.output_root={tmp_path / 'out'}",
                        "logger=none", "run.progress=false"])
     with pytest.raises(ModelLoadError, match=r"model.student.path=.*tok-b.*different tokenizers"):
-        runner.run(cfg)   # the directories hold tokenizers only: loading a model would fail differently
+        runner.run(cfg)   # before any model loads
 
 
 # -------------------------------------------------------------------------------------- safe loading
@@ -528,9 +531,12 @@ def test_weights_load_through_safetensors_and_remote_code_only_on_request(tmp_pa
     import transformers
 
     from adakd.assemble.construct import build_model as _build
+    from adakd.models.loading import model_from_arch
     seen = []
+    tiny = model_from_arch({"n_layer": 1, "n_embd": 8, "n_head": 2, "n_positions": 16}, 300, 0, 0)
+    tiny.save_pretrained(tmp_path)   # a complete directory (config.json, model.safetensors): it passes the checks
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
-                        lambda path, **kw: seen.append(kw) or torch.nn.Linear(1, 1))
+                        lambda path, **kw: seen.append(kw) or tiny)
     for flag in ("false", "true"):
         cfg = compose_cfg(["model.student.source=pretrained", f"model.student.path={tmp_path}",
                            f"model.student.trust_remote_code={flag}"])

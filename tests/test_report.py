@@ -218,3 +218,20 @@ def test_the_sweeps_own_axes_are_read_from_its_overrides(tmp_path):
     assert [r.id for r in t.rows] == ["none", "idts"]
     with pytest.raises(tables.ConfigError, match="not rows of table2"):
         tables.collect("table2", "smoke", [f"run.output_root={tmp_path}", "table.row=nope"])
+
+
+def test_corrupt_unfinished_and_nan_runs_are_named_not_called_not_run_yet(tmp_path, capsys):
+    """issue 23: a run started but never finished, a metrics.json that is valid JSON but not an object, and a
+    NaN cell: each is named in the problems, the NaN flagged in its cell; nothing crashes."""
+    atomic_write_json(_row_dir(tmp_path, "none") / "metrics.json", [])
+    (_row_dir(tmp_path, "idts") / "checkpoints").mkdir(parents=True)
+    nan = _metrics([float("nan")] + BASE[1:])
+    atomic_write_json(_row_dir(tmp_path, "full") / "metrics.json", nan)
+    rc = report.main(["--table", "table2", "--scale", "smoke", "--no-wandb", f"run.output_root={tmp_path}"])
+    assert rc == 1
+    md = (tmp_path / "tables" / "table2-smoke.md").read_text()
+    assert "failed: metrics.json is corrupt or not a finished result" in md
+    assert "started but not finished" in md and md.count("not run yet") == 1   # latf alone
+    lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ")}
+    assert "NaN!" in lines["+ AdaKD (LATF + IDTS)"]
+    assert "`full` (+ AdaKD (LATF + IDTS)): not a number in synthetic" in md

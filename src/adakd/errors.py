@@ -25,3 +25,7 @@ class ModelLoadError(UserError, ValueError):
 
 class RunLocked(UserError, RuntimeError):
     """Another process holds the run directory."""
+
+
+class DiskFull(UserError, OSError):
+    """A write ran out of space: the message names the directory, the free and the needed space."""

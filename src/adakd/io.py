@@ -1,5 +1,5 @@
-"""Atomic file writes (a crash never leaves a half-written result behind) and directory locks (one process
-per run directory).
+"""Atomic file writes (a crash never leaves a half-written result behind), directory locks (one process
+per run directory) and build locks (one builder per shared cache, the others wait and reuse it).
 
 Every result file is written to a temp file in the same directory, flushed to disk, then renamed over
 the target (`os.replace` is atomic on POSIX), and the directory entry is synced, so after a kill -9 or
@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 from .errors import RunLocked
 
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -137,3 +140,51 @@ def hold_directory(path: str | os.PathLike, what: str = "run directory") -> Iter
     finally:
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+@contextmanager
+def build_lock(path: str | os.PathLike, what: str, *, report_every: float = 30.0,
+               poll: float = 0.5) -> Iterator[Path]:
+    """Hold the lock for building the shared cache `path` (the same `.<name>.lock` beside it as
+    hold_directory); where another process holds it, wait for it, saying so at once and every `report_every`
+    seconds. The caller checks again, inside the block, whether the cache is now there: the usual pattern is
+
+        if not done(path):
+            with build_lock(path, "fine-tuned teacher"):
+                if not done(path):
+                    build(path)
+
+    so two processes that need one cache build it once, and the second reuses it. A killed builder's lock goes
+    with its process (flock), and the waiter then builds (its half-built work, if any, resumes or is redone).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path.parent / f".{path.name}.lock", "a+", encoding="utf-8")
+    try:
+        t0 = time.monotonic()
+        next_report = t0
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                now = time.monotonic()
+                if now >= next_report:
+                    f.seek(0)
+                    holder = f.read().strip() or "unknown"
+                    log.info("waiting for the %s %s: another process (pid %s) is building it (%.0f s so far)",
+                             what, path, holder, now - t0)
+                    next_report = now + report_every
+                time.sleep(poll)
+        if time.monotonic() > t0 + poll:
+            log.info("the %s %s is free after %.0f s", what, path, time.monotonic() - t0)
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield path
+    finally:
+        try:
+            fcntl.flock(f, fcntl.LOCK_UN)
+        finally:
+            f.close()

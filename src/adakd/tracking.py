@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 log = logging.getLogger(__name__)
+_online_failed = False   # W&B online failed to start once in this process: later runs go offline directly
 
 
 class NullLogger:
@@ -72,13 +73,30 @@ def make_logger(cfg, run_dir: Path, run_id: str, name: str, config: Dict[str, An
         log.warning("wandb is not installed; logging to local files only")
         return NullLogger()
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        run = wandb.init(
+    global _online_failed
+    if mode == "online" and _online_failed:   # warned once already: every later run of this process offline
+        mode = "offline"
+
+    def init(mode: str):
+        extra = {"init_timeout": float(cfg.get("init_timeout") or 15.0)} if mode == "online" else {}
+        return wandb.init(
             project=cfg.project, entity=cfg.entity, mode=mode, dir=str(run_dir), id=run_id, name=name,
             config=config, tags=list(tags or cfg.tags), resume="allow", reinit="finish_previous",
-            settings=wandb.Settings(silent=True, console="off"),
+            settings=wandb.Settings(silent=True, console="off", **extra),
         )
+    try:
+        return WandbLogger(init(mode))
     except Exception as e:   # tracking must never cost a run its results
-        log.warning("wandb.init failed (%s); logging to local files only", e)
+        if mode != "online":
+            log.warning("wandb.init failed (%s); logging to local files only", e)
+            return NullLogger()
+        _online_failed = True
+        log.warning("W&B online did not start within logger.init_timeout=%ss (%s): logging offline under %s "
+                    "instead (`wandb sync` it later), for this and every later run of this command",
+                    cfg.get("init_timeout"), str(e).splitlines()[0] if str(e) else type(e).__name__, run_dir)
+        wandb.teardown()   # the online attempt's service still holds the run id
+    try:
+        return WandbLogger(init("offline"))
+    except Exception as e:   # noqa: BLE001 - as above
+        log.warning("wandb.init failed offline too (%s); logging to local files only", e)
         return NullLogger()
-    return WandbLogger(run)

@@ -9,8 +9,8 @@ from typing import Callable, Optional
 import torch
 from omegaconf import OmegaConf
 
-from ..errors import ConfigError
-from ..models import load_pretrained, model_from_arch, verify_checksum
+from ..errors import ConfigError, ModelLoadError
+from ..models import lm_parts, load_pretrained, model_from_arch, verify_checksum
 from ..models.lora import apply_lora, merged
 from ..models.pruning import prune_layers
 from ..training import distributed
@@ -33,7 +33,10 @@ def build_model(spec, tokenizer, *, teacher: Optional[torch.nn.Module] = None,
         path = model_path(spec.path)
         if Path(path, "adakd_model.json").is_file():   # written by adakd (a conversion, a run): verify
             verify_checksum(Path(path))
-        return load_pretrained(path, dtype=load_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code)
+        model = load_pretrained(path, dtype=load_dtype(spec.dtype, device), trust_remote_code=spec.trust_remote_code)
+        if tokenizer is not None:
+            check_vocab_rows(model, tokenizer, f"the model {spec.path}")
+        return model
     if spec.source == "pruned":
         if teacher is None:
             raise ConfigError("student source=pruned needs a teacher to prune")
@@ -41,6 +44,16 @@ def build_model(spec, tokenizer, *, teacher: Optional[torch.nn.Module] = None,
         return prune_layers(teacher, keep_layers=spec.keep_layers, every_k=spec.every_k).to(
             getattr(torch, load_dtype(spec.dtype, device)))
     raise ConfigError(f"unknown model source {spec.source!r}; valid: {list(SOURCES)}")
+
+
+def check_vocab_rows(model, tokenizer, name: str) -> None:
+    """Every id the run's tokenizer gives needs a row in the model's embedding and LM head (rows past the
+    tokenizer's end are padding, cut before the loss): fewer rows would be another vocabulary, taken for padding."""
+    rows = int(lm_parts(model)[1].weight.shape[0])
+    if rows < len(tokenizer):
+        raise ModelLoadError(f"{name} has {rows} vocabulary rows but the run's tokenizer has {len(tokenizer)} "
+                             "tokens: token-level distillation needs one vocabulary (the model's tokenizer must "
+                             "be the run's, model.tokenizer)")
 
 
 def enable_checkpointing(model) -> None:

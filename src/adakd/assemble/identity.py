@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
@@ -80,9 +81,9 @@ def training_files(cfg: DictConfig) -> List[Dict[str, str]]:
     for split in dict.fromkeys([str(ds.train_split), "dev"]):
         try:
             path = benchmark_file(ds.name, ds.root, split=split, hub_repo=ds.get("hub_repo"))
-        except DataError:
+            out.append({"split": split, "sha256": file_sha256_cached(path)})
+        except (DataError, OSError):   # missing or unreadable: reading the data says so, naming the file
             continue
-        out.append({"split": split, "sha256": file_sha256_cached(path)})
     return out
 
 
@@ -91,7 +92,7 @@ def run_dir(cfg: DictConfig, name: str, unused: Iterable[str] = ()) -> Path:
     files = training_files(cfg)
     if files:   # generated datasets keep the hash they always had
         ident = {"config": ident, "training_files": files}
-    return Path(cfg.run.output_root).absolute() / "runs" / f"{name}-{runinfo.config_hash(ident)}"
+    return output_root(cfg) / "runs" / f"{name}-{runinfo.config_hash(ident)}"
 
 
 def teacher_key(cfg: DictConfig) -> str:
@@ -110,8 +111,13 @@ def teacher_key(cfg: DictConfig) -> str:
                                 "vocab": cfg.model.tokenizer_vocab, "data": data_key})
 
 
+def output_root(cfg: DictConfig) -> Path:
+    """run.output_root as an absolute path (`~` expanded, as for model paths: see model_path)."""
+    return Path(os.path.expanduser(str(cfg.run.output_root))).absolute()
+
+
 def cache_root(cfg: DictConfig) -> Path:
-    return Path(cfg.run.output_root).absolute() / "cache"
+    return output_root(cfg) / "cache"
 
 
 def finetuned_teacher_dir(cfg: DictConfig) -> Path:
@@ -148,6 +154,9 @@ def asset_dir(spec: Optional[str]) -> Optional[Path]:
 
 
 def model_path(spec: str) -> str:
-    """The path or hub id to load: `builtin:<name>` resolved to the package's asset, anything else as written
-    (a relative path keeps its ./ so it is not taken for a hub id)."""
-    return str(asset_dir(spec)) if str(spec).startswith("builtin:") else str(spec)
+    """The path or hub id to load: `builtin:<name>` resolved to the package's asset, `~` expanded (the one place
+    model paths are expanded: the validator and the loaders see the same path), anything else as written (a
+    relative path keeps its ./ so it is not taken for a hub id)."""
+    if str(spec).startswith("builtin:"):
+        return str(asset_dir(spec))
+    return os.path.expanduser(str(spec)) if str(spec).startswith("~") else str(spec)

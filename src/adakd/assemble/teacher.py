@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -13,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.prompts import collate_train
+from ..io import build_lock
 from ..models import count_params, load_pretrained, save_model, verify_checksum
 from ..schema import TrainConfig
 from ..tracking import NullLogger
@@ -26,6 +28,7 @@ from .devices import autocast_dtype, load_dtype, teacher_device
 from .identity import asset_dir, finetuned_teacher_dir, teacher_key
 
 log = logging.getLogger(__name__)
+FINETUNED = "fine-tuned teacher cache"   # how the build lock's messages name it
 
 
 def shipped_teacher(cfg: DictConfig) -> Optional[Path]:
@@ -52,8 +55,10 @@ def get_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device)
             return load_pretrained(str(asset)), {"teacher": str(asset), "source": "shipped", "recipe": key}
         if spec.finetune:
             cache = finetuned_teacher_dir(cfg)
-            if not (cache / "adakd_model.json").exists():
-                finetune_teacher(cfg, tokenizer, data, ctx, device, cache)
+            if not _finetuned(cache):   # under torchrun ensure_teacher has made it (all ranks together)
+                with build_lock(cache, FINETUNED):
+                    if not _finetuned(cache):   # another process may have made it while this one waited
+                        finetune_teacher(cfg, tokenizer, data, ctx, device, cache)
             verify_checksum(cache)
             return load_pretrained(str(cache)), {"teacher": str(cache), "source": "finetuned-cache", "recipe": key}
         model = build_model(spec, tokenizer, device=tdev)
@@ -75,8 +80,14 @@ def ensure_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, devi
     if not cfg.model.teacher.finetune or shipped_teacher(cfg) is not None:
         return
     cache = finetuned_teacher_dir(cfg)
-    if not (cache / "adakd_model.json").exists():
-        finetune_teacher(cfg, tokenizer, data, ctx, device, cache)
+    # Rank 0 holds the cache's build lock (another command may be fine-tuning the same teacher) and decides.
+    with build_lock(cache, FINETUNED) if distributed.info().is_main else nullcontext():
+        if distributed.broadcast_object(not _finetuned(cache)):
+            finetune_teacher(cfg, tokenizer, data, ctx, device, cache)
+
+
+def _finetuned(cache: Path) -> bool:
+    return (cache / "adakd_model.json").exists()
 
 
 def finetune_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device, out: Path) -> None:

@@ -9,7 +9,6 @@ from omegaconf import DictConfig
 
 from ..data import synthetic
 from ..models import check_same_tokenizer, load_tokenizer, train_bpe_tokenizer
-from ..models.loading import ModelLoadError
 from .context import Context
 from .data import RunData
 from .identity import model_path, tokenizer_dir
@@ -19,15 +18,25 @@ GENERATED_TOKENIZER = "synthetic"   # model.tokenizer: train a BPE on the genera
 
 
 def get_tokenizer(cfg: DictConfig, data: RunData, ctx: Context, roles: Optional[Sequence[str]] = None):
+    """The run's tokenizer, after checking that every pretrained model the task loads uses it."""
+    tok, path, name = _run_tokenizer(cfg, data, ctx)
+    check_pair_tokenizers(cfg, tok, path, ctx, roles, name)
+    return tok
+
+
+def _run_tokenizer(cfg: DictConfig, data: RunData, ctx: Context):
+    """(tokenizer, its directory, how a message names it)."""
     m = cfg.model
     if m.tokenizer != GENERATED_TOKENIZER:
-        path = model_path(m.tokenizer if m.tokenizer not in ("", "teacher") else (m.teacher.path or ""))
+        own = m.tokenizer in ("", "teacher")
+        path = model_path((m.teacher.path or "") if own else m.tokenizer)
         tok = ctx.get(f"tok:{path}", lambda: load_tokenizer(path, m.teacher.trust_remote_code))
-        check_pair_tokenizers(cfg, tok, path, ctx, roles)
-        return tok
+        return tok, path, (f"the teacher (model.teacher.path={m.teacher.path})" if own
+                           else f"model.tokenizer={m.tokenizer}")
     asset = shipped_teacher(cfg)
     if asset is not None:
-        return ctx.get(f"tok:{asset}", lambda: load_tokenizer(str(asset)))
+        return (ctx.get(f"tok:{asset}", lambda: load_tokenizer(str(asset))), str(asset),
+                f"the shipped teacher's tokenizer ({m.teacher_asset})")
     out = tokenizer_dir(cfg)
 
     def build():
@@ -35,21 +44,20 @@ def get_tokenizer(cfg: DictConfig, data: RunData, ctx: Context, roles: Optional[
             return load_tokenizer(str(out))
         # prompts and references of the generated training split (any generated dataset)
         return train_bpe_tokenizer(synthetic.corpus(data.train), m.tokenizer_vocab, out)
-    return ctx.get(f"tok:{out}", build)
+    return (ctx.get(f"tok:{out}", build), str(out),
+            f"the run's tokenizer (model.tokenizer={GENERATED_TOKENIZER}: a BPE trained on the training data)")
 
 
 def check_pair_tokenizers(cfg: DictConfig, tokenizer, tokenizer_path: str, ctx: Context,
-                          roles: Optional[Sequence[str]] = None) -> None:
-    """A pretrained teacher or student whose own tokenizer differs from the run's is refused here, before any
-    model is loaded (tokenizers load in a second). `roles`: the models the run's task loads (default both)."""
+                          roles: Optional[Sequence[str]] = None, tokenizer_name: Optional[str] = None) -> None:
+    """A pretrained teacher or student whose own tokenizer differs from the run's is refused here, whatever the
+    run's tokenizer is, before any model is loaded (tokenizers load in a second). `roles`: the models the
+    run's task loads (default both)."""
     for role in roles or ("teacher", "student"):
         spec = cfg.model[role]
         path = model_path(spec.path or "")
         if spec.source != "pretrained" or not spec.path or path == str(tokenizer_path):
             continue
         own = ctx.get(f"tok:{path}", lambda p=path, s=spec: load_tokenizer(p, s.trust_remote_code))
-        try:
-            check_same_tokenizer(tokenizer, own)
-        except ModelLoadError as e:
-            raise ModelLoadError(f"model.{role}.path={spec.path}: its tokenizer is not the run's tokenizer "
-                                 f"({tokenizer_path}): {e}") from None
+        check_same_tokenizer(tokenizer, own, run_name=tokenizer_name or f"the run's tokenizer ({tokenizer_path})",
+                             own_name=f"model.{role}.path={spec.path}")

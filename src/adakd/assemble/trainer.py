@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..data.prompts import collate_train
+from ..io import build_lock
 from ..kd.losses import build_divergence
 from ..kd.objective import build_objective, shared_vocab
 from ..models import lm_parts
@@ -113,9 +114,12 @@ def topk_cache(cfg: DictConfig, teacher, examples, *, student_vocab: int, pad_id
     key = teacher_key(cfg)
     path = topk_cache_dir(cfg, cache_key(key, examples, k, vocab))
     if not (path / "meta.json").exists() and distributed.info().is_main:
-        build_topk(teacher, examples, path, k=k, vocab=vocab, pad_id=pad_id, device=next(teacher.parameters()).device,
-                   batch_size=int(cfg.train.micro_batch), chunk_size=int(cfg.train.loss_chunk_size),
-                   autocast_dtype=autocast, progress=bool(cfg.run.progress), extra_meta={"teacher": key})
+        with build_lock(path, "top-k teacher cache"):   # another command may be building the same cache
+            if not (path / "meta.json").exists():
+                build_topk(teacher, examples, path, k=k, vocab=vocab, pad_id=pad_id,
+                           device=next(teacher.parameters()).device, batch_size=int(cfg.train.micro_batch),
+                           chunk_size=int(cfg.train.loss_chunk_size), autocast_dtype=autocast,
+                           progress=bool(cfg.run.progress), extra_meta={"teacher": key})
     distributed.barrier()
     cache = TeacherCache(path)
     log.info("teacher cache %s: %d sequences, %d tokens, k=%d, %.1f MB", path, len(cache), cache.n_tokens, cache.k,

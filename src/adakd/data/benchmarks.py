@@ -141,6 +141,9 @@ def benchmark_file(name: str, root: str | os.PathLike | None = None, split: str 
     if root is None and not os.environ.get(ENV_DATA_DIR) and hub_repo:
         return _download(hub_repo, rel, spec)
     path = resolve_data_root(root) / rel
+    if path.exists() and not path.is_file():   # a directory, a FIFO (reading it would block), a device
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise DataError(f"benchmark {name!r} ({split}): {path} is {kind}; a JSON-lines file is expected there")
     if not path.is_file():
         hint = spec.missing_hint.format(path=path) if spec.missing_hint else (
             f"expected the layout of ../shared/data under the data root ({rel})")
@@ -198,6 +201,13 @@ def read_examples(path: str | os.PathLike, *, benchmark: str = "", split: str = 
     per file. Without a ``prompt`` field (only allowed with ``require_prompt=False``) it is rendered.
     """
     path = Path(path)
+    try:
+        return _read_examples(path, benchmark, split, require_prompt)
+    except OSError as e:   # unreadable (permissions, an I/O error): the file, not a traceback
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _read_examples(path: Path, benchmark: str, split: str, require_prompt: bool) -> list[Example]:
     source = SourceFile(benchmark=benchmark or path.parent.name, split=split, path=str(path),
                         sha256=file_sha256_cached(path))
     examples: list[Example] = []
@@ -215,6 +225,10 @@ def read_examples(path: str | os.PathLike, *, benchmark: str = "", split: str = 
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}: invalid JSON ({e.msg.removesuffix(' at')}, column {e.colno})") from None
+            except RecursionError:
+                raise DataError(f"{where}: JSON nested too deeply to be a record") from None
+            except ValueError as e:   # e.g. an integer too long to convert
+                raise DataError(f"{where}: invalid JSON ({e})") from None
             instruction, inp, prompt, refs = _parse(record, where, require_prompt)
             rendered = render_prompt(instruction, inp)
             if prompt is None:

@@ -8,10 +8,14 @@ defines it), ranges, and settings that must agree. Every problem is reported at 
 from __future__ import annotations
 
 import difflib
+import math
+import os
 import re
+from pathlib import Path
 from typing import Any, List
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from transformers import GPT2Config
 
 from ..data.prompts import OVERLONG_POLICIES
@@ -22,7 +26,7 @@ from ..kd.adaptive.temperature import DIRECTIONS, TEMPERATURES
 from ..kd.losses import DIVERGENCES
 from ..kd.losses.sparse import FORMS, TAIL_MODES
 from ..kd.objective import IMPLS as LOSS_IMPLS
-from ..models import ModelLoadError, check_local_or_hub
+from ..models import ModelLoadError, check_local_or_hub, check_model_dir
 from ..models.lora import KEYS as LORA_KEYS
 from ..training.loop import NONFINITE_POLICIES, SELECTIONS
 from ..training.recipes import ON_POLICY, RECIPES, check_recipe_params
@@ -46,6 +50,10 @@ FREE_SECTIONS = ("model.teacher.arch", "model.student.arch", "model.teacher.lora
                  "model.teacher.finetune", "model.student.finetune", "method.params", "method.recipe_params",
                  "table", "dataset.world")
 GPT2_FIELDS = sorted(set(GPT2Config().to_dict()) | {"type"})
+# Float settings that may be infinite or NaN (a schema field that means "no limit" by inf goes here). None now:
+# every other float must be finite, wherever it is (schema, free sections, lists), as NaN passes every range
+# check and an infinity ends in a non-finite loss after work has started.
+NONFINITE_OK: tuple = ()
 
 
 def _choice(errors: List[str], key: str, value, valid) -> None:
@@ -54,8 +62,8 @@ def _choice(errors: List[str], key: str, value, valid) -> None:
 
 
 def _range(errors: List[str], key: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
-    if value is None:
-        return
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return   # non-finite values are refused by _finite, with one message
     bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
           (hi is not None and (value >= hi if hi_open else value > hi))
     if bad:
@@ -82,8 +90,31 @@ def _schema_keys(errors: List[str], node: Any, schema: Any, path: str) -> None:
             _schema_keys(errors, v, schema[k], f"{path}.{k}" if path else str(k))
 
 
+def _resolved(cfg: DictConfig) -> dict:
+    """The config with every interpolation resolved: a broken one (`train.lr=${nope}`) is a setting error."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"invalid configuration:\n  - {key + ': ' if key else ''}{msg}") from None
+
+
+def _finite(errors: List[str], node: Any, path: str) -> None:
+    """One rule for numbers: every float setting is finite (NaN compares false with every bound)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _finite(errors, v, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _finite(errors, v, f"{path}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node) and path.split("[")[0] not in NONFINITE_OK:
+        errors.append(f"{path}={node} is not a finite number")
+
+
 def validate_config(cfg: DictConfig) -> None:
     e: List[str] = []
+    _finite(e, _resolved(cfg), "")
     _schema_keys(e, OmegaConf.to_container(cfg, resolve=False),
                  OmegaConf.to_container(OmegaConf.structured(RunConfig), resolve=False), "")
     _choice(e, "run.stage", cfg.run.stage, STAGES)
@@ -114,20 +145,7 @@ def validate_config(cfg: DictConfig) -> None:
     _choice(e, "train.loss_impl", t.loss_impl, LOSS_IMPLS)
     _choice(e, "train.schedule", t.schedule, LR_SCHEDULES)
     _choice(e, "train.nonfinite", t.nonfinite, NONFINITE_POLICIES)
-    _range(e, "train.lr", t.lr, 0.0, None, lo_open=True)
-    _range(e, "train.micro_batch", t.micro_batch, 1, None)
-    _range(e, "train.global_batch", t.global_batch, 1, None)
-    _range(e, "train.steps", t.steps, 1, None)
-    _range(e, "train.epochs", t.epochs, 0.0, None, lo_open=True)
-    _range(e, "train.loss_chunk_size", t.loss_chunk_size, 1, None)
-    if t.micro_batch >= 1 and t.global_batch % t.micro_batch:
-        e.append(f"train.global_batch={t.global_batch} is not divisible by train.micro_batch={t.micro_batch}")
-    for key, lo in (("min_lr", 0), ("weight_decay", 0), ("warmup_steps", 0), ("grad_clip", 0), ("ckpt_every", 0),
-                    ("keep_last", 1), ("log_every", 1), ("val_every", 0), ("max_nonfinite_skips", 0),
-                    ("threads", 1)):
-        _range(e, f"train.{key}", t[key], lo, None)
-    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
-        e.append(f"train.betas={list(t.betas)} must be two numbers in [0, 1)")
+    _train_ranges(e, "train", t)
     _choice(e, "train.precision", t.precision, PRECISIONS)
     _choice(e, "train.select", t.select, SELECTIONS)
     _range(e, "train.val_samples", t.val_samples, 0, None)
@@ -147,6 +165,9 @@ def validate_config(cfg: DictConfig) -> None:
         e.append(f"need 0 < dataset.max_prompt_len < dataset.max_len, got {d.max_prompt_len}, {d.max_len}")
     if not ev.seeds:
         e.append("eval.seeds is empty")
+    repeated = sorted({s for s in ev.seeds if list(ev.seeds).count(s) > 1})
+    if repeated:   # two identical samples would report a spread of 0 and feed the paired t-test twice
+        e.append(f"eval.seeds={list(ev.seeds)} repeats {repeated}: each generation seed must appear once")
     if not ev.benchmarks:
         e.append("eval.benchmarks is empty")
     _range(e, "eval.max_new_tokens", ev.max_new_tokens, 1, None)
@@ -166,6 +187,9 @@ def validate_config(cfg: DictConfig) -> None:
     if name is not None and (not re.fullmatch(RUN_NAME, str(name)) or ".." in str(name)):
         e.append(f"run.name={name!r} must be one plain name (letters, digits, . _ + = -; at most 100 characters; "
                  "no slashes or '..'): run directories are <run.output_root>/runs/<name>-<hash>")
+    root = Path(os.path.expanduser(str(cfg.run.output_root)))
+    if root.exists() and not root.is_dir():
+        e.append(f"run.output_root={cfg.run.output_root} is not a directory: name a directory (made if missing)")
     _model_paths(e, cfg.model)
     _scale(e, cfg)
     _recipe(e, cfg)
@@ -173,20 +197,41 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(e))
 
 
+def _train_ranges(errors: List[str], prefix: str, t) -> None:
+    """The optimisation settings' ranges: of the run's `train` section and of a teacher's `finetune`."""
+    e = errors
+    _range(e, f"{prefix}.lr", t.lr, 0.0, None, lo_open=True)
+    _range(e, f"{prefix}.micro_batch", t.micro_batch, 1, None)
+    _range(e, f"{prefix}.global_batch", t.global_batch, 1, None)
+    _range(e, f"{prefix}.steps", t.steps, 1, None)
+    _range(e, f"{prefix}.epochs", t.epochs, 0.0, None, lo_open=True)
+    _range(e, f"{prefix}.loss_chunk_size", t.loss_chunk_size, 1, None)
+    if t.micro_batch >= 1 and t.global_batch % t.micro_batch:
+        e.append(f"{prefix}.global_batch={t.global_batch} is not divisible by {prefix}.micro_batch={t.micro_batch}")
+    for key, lo in (("min_lr", 0), ("weight_decay", 0), ("warmup_steps", 0), ("grad_clip", 0), ("ckpt_every", 0),
+                    ("keep_last", 1), ("log_every", 1), ("val_every", 0), ("max_nonfinite_skips", 0),
+                    ("threads", 1)):
+        _range(e, f"{prefix}.{key}", t[key], lo, None)
+    if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+        e.append(f"{prefix}.betas={list(t.betas)} must be two numbers in [0, 1)")
+
+
 def _model_paths(errors: List[str], model) -> None:
-    """A local model or tokenizer directory that is not there fails now, not after the data and the
-    baselines (hub ids are left to the loader)."""
+    """A local model or tokenizer directory that is not there (or a model directory that cannot be loaded), or a
+    hub id while the hub does not answer, fails now, not after the data and the baselines."""
     paths = []
     for role in ("teacher", "student"):
         spec = model.get(role)
         if spec is not None and spec.get("source") == "pretrained" and spec.get("path"):
-            paths.append((f"model.{role}.path", model_path(spec.path)))
+            paths.append((f"model.{role}.path", model_path(spec.path), True))
     tok = model.get("tokenizer")
     if tok and tok not in ("synthetic", "teacher"):
-        paths.append(("model.tokenizer", model_path(tok)))
-    for key, path in paths:
+        paths.append(("model.tokenizer", model_path(tok), False))
+    for key, path, is_model in paths:
         try:
             check_local_or_hub(path)
+            if is_model:
+                check_model_dir(path)
         except ModelLoadError as err:
             errors.append(f"{key}: {err}")
 
@@ -207,7 +252,16 @@ def _scale(errors: List[str], cfg: DictConfig) -> None:
         _unknown(errors, f"model.{role}.lora", spec.get("lora") or {}, LORA_KEYS)
         if spec.get("source") == "scratch":
             _unknown(errors, f"model.{role}.arch", spec.get("arch") or {}, GPT2_FIELDS)
-        _unknown(errors, f"model.{role}.finetune", spec.get("finetune") or {}, list(TrainConfig.__dataclass_fields__))
+        finetune = spec.get("finetune") or {}
+        _unknown(errors, f"model.{role}.finetune", finetune, list(TrainConfig.__dataclass_fields__))
+        if finetune:   # the ranges of `train`, on the fine-tune's settings over their defaults
+            known = {k: v for k, v in finetune.items() if k in TrainConfig.__dataclass_fields__}
+            try:
+                merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), known)
+            except OmegaConfBaseException as err:
+                errors.append(f"model.{role}.finetune: {str(err).splitlines()[0]}")
+            else:
+                _train_ranges(errors, f"model.{role}.finetune", merged)
         dev = spec.get("device")
         if dev and not re.fullmatch(r"cpu|cuda(:\d+)?", str(dev)):
             errors.append(f"model.{role}.device={dev!r}: use cpu, cuda or cuda:N")

@@ -40,6 +40,7 @@ from .tasks import is_finished, run_dir_for
 log = logging.getLogger(__name__)
 
 JOB_FILE = "adakd_job.json"
+launched = False   # a sweep of this process has started (its jobs may run in other processes: submitit)
 SUMMARY_FILE = "sweep_summary.json"
 
 
@@ -84,11 +85,13 @@ def run_job(cfg: DictConfig) -> Dict[str, Any]:
         tb = traceback.format_exc()
         status.update(error=f"{type(e).__name__}: {e}", traceback=tb)
         log.error("job failed (%s): %s\n%s", " ".join(overrides), status["error"], tb)
-        # a directory held by another process is that process's: its outcome, not this refusal, goes there
-        if run_dir is not None and not isinstance(e, RunLocked):
+        # A directory held by another process is that process's: its outcome, not this refusal, goes there.
+        # A job refused before it started (no run directory yet) leaves none behind: its record is the job's.
+        if run_dir is not None and not isinstance(e, RunLocked) and run_dir.is_dir():
             try:
                 atomic_write_json(run_dir / FAILURE_FILE,
                                   {**status, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+                status["details"] = str(run_dir / FAILURE_FILE)
             except OSError as werr:
                 log.warning("could not write %s: %s", run_dir / FAILURE_FILE, werr)
     status["seconds"] = round(time.time() - t0, 2)
@@ -110,6 +113,8 @@ class SweepSummary(Callback):
         self._t0 = time.time()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global launched
+        launched = True   # the sweep's own exit code from here on (experiment.cli), jobs maybe elsewhere
         self._t0 = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -156,8 +161,8 @@ def format_summary(summary: Dict[str, Any]) -> str:
              f"(finished before), {summary['failed']} failed  [{Path(summary['sweep_dir']) / SUMMARY_FILE}]"]
     for j in summary["results"]:
         if j.get("status") == "failed":
-            where = f"\n      details: {Path(j['run_dir']) / FAILURE_FILE}" if j.get("run_dir") else ""
-            err = str(j.get("error", "?")).strip().splitlines()[0]
+            where = f"\n      details: {j['details']}" if j.get("details") else ""   # only a file written
+            err = "\n      ".join(str(j.get("error", "?")).strip().splitlines())   # every line: the keys
             lines.append(f"  FAILED {' '.join(_short(j.get('overrides', [])))}: {err}{where}")
     return "\n".join(lines)
 

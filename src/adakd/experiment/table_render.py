@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from typing import Any, Dict, List, Optional
 
 from .table_stats import AVG, Cell
@@ -53,6 +54,8 @@ def _paper_avg(row: Row, pair: str) -> Optional[float]:
 def _fmt(c: Cell, with_delta: bool, tex: bool = False) -> str:
     if c.mean is None:
         return "–"
+    if not math.isfinite(c.mean):   # flagged, never printed as a plain number (problems() names the row)
+        return "NaN!"
     pm = " $\\pm$ " if tex else " ± "
     s = f"{c.mean:.2f}" + (f"{pm}{c.std:.2f}" if c.n > 1 else "")
     if with_delta and c.delta is not None:
@@ -95,12 +98,26 @@ def table_rows(table: Table, cs: Dict[str, Dict[str, Cell]], compare: bool,
     return rows
 
 
+def _finite(v: Any) -> bool:
+    """A benchmark's result ({mean, per_seed, ...} or a number) holds only finite numbers."""
+    values = [v.get("mean"), *(v.get("per_seed") or [])] if isinstance(v, dict) else [v]
+    try:
+        return all(math.isfinite(float(x)) for x in values)
+    except (TypeError, ValueError):
+        return False
+
+
 def problems(table: Table) -> List[str]:
     out = []
     for r in table.rows:
         if r.status == "ok":
+            bad = sorted(b for b, v in (r.rouge or {}).items() if not _finite(v))
+            if bad:
+                out.append(f"`{r.id}` ({r.label}): not a number in {', '.join(bad)} ({r.run_dir}/metrics.json)")
             continue
-        what = {"missing": "not run yet", "failed": "failed", "error": "cannot be built"}[r.status]
+        what = {"missing": "not run yet", "failed": "failed", "error": "cannot be built",
+                "unfinished": "started but not finished (killed, or still running; the same command resumes it)"
+                }[r.status]
         detail = f": {r.error.strip().splitlines()[0]}" if r.error else ""
         where = f" ({r.run_dir})" if r.run_dir else ""
         out.append(f"`{r.id}` ({r.label}): {what}{detail}{where}")

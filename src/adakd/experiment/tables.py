@@ -22,6 +22,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ..assemble.identity import output_root
 from ..errors import ConfigError
 from .config_store import register_configs
 from .tasks import BASELINE_LABELS, is_finished, run_dir_for
@@ -61,7 +62,7 @@ class Row:
     paper: Dict[str, Any] = field(default_factory=dict)   # pair -> avg (number) or {benchmark|avg: number}
     kind: str = "plain"                     # plain | adakd (has a partner) | baseline (teacher, SFT)
     run_dir: Optional[str] = None
-    status: str = "missing"                 # ok | missing | failed | error (config does not compose)
+    status: str = "missing"                 # ok | missing | unfinished | failed | error (config does not compose)
     error: Optional[str] = None
     rouge: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     baselines: Dict[str, Any] = field(default_factory=dict)
@@ -130,9 +131,13 @@ def _read_run(row: Row, rd: Path) -> Optional[Dict[str, Any]]:
     if (rd / FAILURE_FILE).exists():
         try:
             row.error = json.loads((rd / FAILURE_FILE).read_text()).get("error")
-        except ValueError:
+        except (ValueError, AttributeError):
             row.error = "unreadable failure.json"
         row.status = "failed"
+    elif (rd / "metrics.json").exists():   # there, but not a finished result: corrupt, or not adakd's
+        row.status, row.error, row.run_dir = "failed", "metrics.json is corrupt or not a finished result", str(rd)
+    elif rd.is_dir():   # started (config.yaml, checkpoints), never finished: killed, or running now
+        row.status, row.run_dir = "unfinished", str(rd)
     return None
 
 
@@ -207,7 +212,7 @@ def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = 
                     row.runs[s] = run
                 elif run is not None:
                     row.status, row.rouge, row.baselines = "ok", run["rouge"], run["baselines"]
-            if seeds and row.status == "missing":
+            if seeds and row.status in ("missing", "unfinished"):
                 if len(row.runs) == len(seeds):
                     first = row.runs[seeds[0]]
                     row.status, row.rouge, row.baselines = "ok", first["rouge"], first["baselines"]
@@ -221,7 +226,7 @@ def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = 
         want = [b for b in (spec.get("avg_over") or []) if b in benches]
         default_scale = spec.get("default_scale", "cpu")
         suffix = "" if not scale or scale in ("none", default_scale) else f"-{scale}"
-        out_stem = Path(base.run.output_root).absolute() / "tables" / f"{table}{suffix}"
+        out_stem = output_root(base) / "tables" / f"{table}{suffix}"
         return Table(name=table, preset=preset, scale=scale, spec=spec, rows=rows, benches=benches,
                      avg_over=want or benches, out_stem=out_stem, model=str(base.model.name),
                      seeds=list(base.eval.seeds), logger_cfg=base.logger, train_seeds=seeds)

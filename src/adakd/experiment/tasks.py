@@ -118,9 +118,10 @@ def is_finished(path: Path) -> bool:
     if not m.exists():
         return False
     try:
-        return read_json(m).get("status") == "ok"
-    except ValueError:
+        metrics = read_json(m)
+    except (OSError, ValueError):
         return False
+    return isinstance(metrics, dict) and metrics.get("status") == "ok"   # valid JSON but not ours: unfinished
 
 
 def baseline_config(cfg: DictConfig, which: str) -> DictConfig:

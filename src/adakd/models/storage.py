@@ -67,7 +67,14 @@ def verify_checksum(model_dir: Path) -> None:
     weights = Path(model_dir) / "model.safetensors"
     if not info_path.exists() or not weights.exists():
         return
-    expected = json.loads(info_path.read_text()).get("sha256")
+    try:
+        info = json.loads(info_path.read_text())
+        expected = info.get("sha256") if isinstance(info, dict) else None
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:   # adakd writes it atomically: damage is from outside
+        raise ModelLoadError(f"{info_path} is unreadable or corrupt ({e}): delete {model_dir} to rebuild it "
+                             "(a cache), or restore it") from None
     if expected and file_sha256(weights) != expected:
         raise ModelLoadError(f"checksum mismatch for {weights}: the file is corrupt or was changed; "
                              "delete the directory to rebuild it")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional, Tuple
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -47,12 +47,26 @@ def tokenizer_fingerprint(tok) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
-def check_same_tokenizer(teacher_tok, student_tok) -> None:
-    """Token-level KD needs one vocabulary: refuse different tokenizers with a clear message."""
-    a, b = tokenizer_fingerprint(teacher_tok), tokenizer_fingerprint(student_tok)
-    if a != b:
+def first_differing_id(a, b) -> Optional[Tuple[int, Optional[str], Optional[str]]]:
+    """(id, token in a, token in b) of the first id the two tokenizers both have and map to different tokens;
+    None when they agree on every shared id (one may then have extra ids past the other's end)."""
+    ta = {i: t for t, i in a.get_vocab().items()}
+    tb = {i: t for t, i in b.get_vocab().items()}
+    for i in sorted(set(ta) & set(tb)):
+        if ta[i] != tb[i]:
+            return i, ta[i], tb[i]
+    return None
+
+
+def check_same_tokenizer(run_tok, own_tok, run_name: str = "the run's tokenizer", own_name: str = "the model") -> None:
+    """Token-level KD needs one vocabulary: two tokenizers must agree on every id they share (a larger one may
+    only add ids past the other's end, like embedding padding); otherwise a refusal naming both and the id."""
+    diff = first_differing_id(run_tok, own_tok)
+    if diff is not None:
+        i, a, b = diff
         raise ModelLoadError(
-            "teacher and student use different tokenizers (vocab fingerprints "
-            f"{a} vs {b}); token-level distillation needs the same vocabulary. "
-            "Pick a pair from one model family (conf/model/)."
-        )
+            f"{own_name} and {run_name} use different tokenizers: token id {i} is {b!r} in the first and {a!r} in "
+            "the second (vocabulary fingerprints "
+            f"{tokenizer_fingerprint(own_tok)} vs {tokenizer_fingerprint(run_tok)}). Token-level distillation "
+            "needs one vocabulary (cross-tokenizer distillation is not supported): pick a pair from one model "
+            "family (conf/model/), or a scratch / pruned student that takes the run's tokenizer")

@@ -9,6 +9,7 @@ post-mortem, never loaded again) and the previous one is used.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
+from ..errors import DiskFull
 from ..io import fsync_dir, public_mode
 from ..models import file_sha256
 
@@ -91,12 +93,36 @@ def save(ckpt_root: Path, step: int, model: torch.nn.Module, state: dict[str, An
         else:
             os.replace(tmp, final)
         fsync_dir(ckpt_root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, (OSError, RuntimeError)):
+            _raise_if_disk_full(e, ckpt_root, step, model)
         raise
     for old in list_checkpoints(ckpt_root)[:-max(1, keep_last)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _raise_if_disk_full(err: BaseException, ckpt_root: Path, step: int, model: torch.nn.Module) -> None:
+    """A checkpoint write that failed for want of space (OSError ENOSPC, or torch's bare "unexpected pos" from
+    its zip writer) becomes one message naming the directory and the space needed (the size of the previous
+    checkpoint, else three times the weights: weights plus the optimizer's two moments)."""
+    previous = list_checkpoints(ckpt_root)
+    if previous:
+        needed = sum(f.stat().st_size for f in previous[-1].iterdir() if f.is_file())
+    else:
+        needed = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(ckpt_root).free
+    if getattr(err, "errno", None) != errno.ENOSPC and free >= needed:
+        return   # space is there: another failure, keep its own message
+    kept = f"; the previous checkpoint ({previous[-1].name}) is intact" if previous else ""
+    raise DiskFull(f"no space left to write the step-{step} checkpoint in {ckpt_root}: {_mb(free)} free, about "
+                   f"{_mb(needed)} needed{kept}. Free some space (or use another run.output_root) and run the "
+                   "same command again: it resumes") from None
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2 ** 20:,.1f} MiB"
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:

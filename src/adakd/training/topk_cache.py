@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .. import runinfo
+from ..errors import DataError
 from ..data.prompts import collate_train
 from ..kd.losses.sparse import TeacherTopK
 from .forward import head_logits, hidden_at, response_positions
@@ -84,13 +85,17 @@ class TeacherCache:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.meta = json.loads((self.path / "meta.json").read_text())
-        self.k, self.vocab = int(self.meta["k"]), int(self.meta["vocab"])
-        self.ids = np.load(self.path / "ids.npy", mmap_mode="r")
-        self.logprobs = np.load(self.path / "logprobs.npy", mmap_mode="r")
-        self.tail = np.load(self.path / "tail.npy", mmap_mode="r")
-        self.offsets = np.load(self.path / "offsets.npy")
-        keys = np.load(self.path / "keys.npy")
+        try:   # written whole by build (renamed into place); damage here is from outside: name the file
+            self.meta = json.loads((self.path / "meta.json").read_text())
+            self.k, self.vocab = int(self.meta["k"]), int(self.meta["vocab"])
+            self.ids = np.load(self.path / "ids.npy", mmap_mode="r")
+            self.logprobs = np.load(self.path / "logprobs.npy", mmap_mode="r")
+            self.tail = np.load(self.path / "tail.npy", mmap_mode="r")
+            self.offsets = np.load(self.path / "offsets.npy")
+            keys = np.load(self.path / "keys.npy")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"the teacher cache {self.path} is damaged ({type(e).__name__}: {e}); delete that "
+                            "directory and it is built again") from None
         self.index = {bytes(keys[i]): i for i in range(keys.shape[0])}
 
     def __len__(self) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import runinfo
-from ...io import atomic_write_json, atomic_write_text
+from ...io import atomic_write_json, atomic_write_text, build_lock
 from ..distributed import barrier, info
 from .base import BatchSource
 from .common import SAMPLING_PARAMS, Sampling, prompt_of_example, sample_responses, to_examples
@@ -84,30 +84,36 @@ class SeqKDSource(BatchSource):
         self.cache_dir = self.cache_root / self.cache_key(prompts)
         path = self.cache_dir / "responses.jsonl"
         if not path.exists() and info().is_main:
-            t0 = time.time()
-            log.info("seqkd: the teacher generates %d responses (cached in %s)", len(prompts), self.cache_dir)
-            engine = self.open_engine() if self.open_engine is not None else None
-            try:
-                responses = sample_responses(self.teacher, self.tokenizer, prompts, stream_keys(prompts),
-                                             seed=self.seed, sampling=self.sampling, max_len=self.max_len,
-                                             progress=self.progress, engine=engine)
-            finally:
-                if engine is not None:
-                    self.engine_stats = engine.stats.record()
-                    engine.close()
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.cache_dir / "meta.json", {
-                "teacher": self.teacher_key, "n": len(prompts), "seed": self.seed, "max_len": self.max_len,
-                "sampling": self.sampling.record(), "seconds": round(time.time() - t0, 2),
-                "tokens": sum(map(len, responses))})
-            # written last (atomically): its presence means the cache is complete
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in responses))
-            self.generated_now = True
+            with build_lock(self.cache_dir, "SeqKD teacher-samples cache"):
+                if not path.exists():   # another process may have written it meanwhile
+                    self._generate_into(prompts, path)
         barrier()
         responses = [json.loads(line) for line in path.read_text().splitlines()]
         if len(responses) != len(prompts):
             raise ValueError(f"{path}: {len(responses)} responses for {len(prompts)} prompts (a stale cache?)")
         return to_examples(prompts, responses)
+
+    def _generate_into(self, prompts: Sequence[Sequence[int]], path: Path) -> None:
+        """The teacher samples every response once and the cache is written, responses.jsonl last."""
+        t0 = time.time()
+        log.info("seqkd: the teacher generates %d responses (cached in %s)", len(prompts), self.cache_dir)
+        engine = self.open_engine() if self.open_engine is not None else None
+        try:
+            responses = sample_responses(self.teacher, self.tokenizer, prompts, stream_keys(prompts),
+                                         seed=self.seed, sampling=self.sampling, max_len=self.max_len,
+                                         progress=self.progress, engine=engine)
+        finally:
+            if engine is not None:
+                self.engine_stats = engine.stats.record()
+                engine.close()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.cache_dir / "meta.json", {
+            "teacher": self.teacher_key, "n": len(prompts), "seed": self.seed, "max_len": self.max_len,
+            "sampling": self.sampling.record(), "seconds": round(time.time() - t0, 2),
+            "tokens": sum(map(len, responses))})
+        # written last (atomically): its presence means the cache is complete
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in responses))
+        self.generated_now = True
 
     def step_stats(self, trainer) -> dict[str, Any]:
         return {}
