@@ -146,7 +146,8 @@ def test_command_end_to_end_and_the_cache_asks_nothing_twice(tmp_path, capsys):
 
 def test_command_reports_a_down_server_in_one_line(tmp_path, capsys):
     a = _runs(tmp_path)
-    code = main(["--a", str(a), "--b", "sft", f"base_url=http://127.0.0.1:{free_port()}/v1", "model=judge",
+    # settings before and after the flags
+    code = main([f"base_url=http://127.0.0.1:{free_port()}/v1", "--a", str(a), "--b", "sft", "model=judge",
                  f"output_root={tmp_path / 'out'}", "timeout=2"])
     assert code == 2
     assert "adakd-judge: error: cannot reach the judge server" in capsys.readouterr().err

@@ -39,7 +39,11 @@ STANDIN = textwrap.dedent("""
             self.send_response(200)
             self.end_headers()
 
-    HTTPServer(("127.0.0.1", port), H).serve_forever()
+    httpd = HTTPServer(("127.0.0.1", port), H)
+    if mode == "die":   # healthy, then dies while the judge is judging
+        import threading
+        threading.Timer(2.0, lambda: (print("standin: engine died", flush=True), os._exit(7))).start()
+    httpd.serve_forever()
 """)
 
 
@@ -106,6 +110,16 @@ def test_a_server_that_never_gets_healthy_times_out_and_is_stopped(standin, monk
         with local_server("/m", "judge", LocalServerConfig(startup_timeout=3), standin / "log"):
             pass
     assert _gone(int((standin / "pid").read_text()))
+
+
+def test_a_server_that_dies_while_judging_is_reported_with_its_log(standin, monkeypatch, capsys):
+    monkeypatch.setenv("STANDIN_MODE", "die")
+    with local_server("/m", "judge", LocalServerConfig(startup_timeout=60), standin / "log"):
+        deadline = time.time() + 30
+        while _alive(int((standin / "pid").read_text())) and time.time() < deadline:
+            time.sleep(0.1)
+    err = capsys.readouterr().err
+    assert "the local judge server had exited (code 7)" in err and "standin: engine died" in err
 
 
 @pytest.mark.integration

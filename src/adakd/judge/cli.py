@@ -187,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                               "of run A (teacher, sft, student_init)")
     p.add_argument("--config", default=None, help="a YAML file of judge settings (overrides come after it)")
     p.add_argument("overrides", nargs="*", help="judge settings, key=value (adakd/schema/judge.py)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)   # settings may come before and after --a / --b
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, _on_sigterm)   # SIGTERM unwinds like Ctrl-C: a local server is stopped
     try:

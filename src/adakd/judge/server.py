@@ -122,5 +122,9 @@ def local_server(model_path: str, served_name: str, cfg: LocalServerConfig, log_
         print(f"local judge ready at {base}/v1 after {seconds:.0f} s", file=sys.stderr, flush=True)
         yield f"{base}/v1"
     finally:
+        code = proc.poll()
+        if code is not None:   # it died while judging: say so, with its last words, whatever the caller reports
+            print(f"the local judge server had exited (code {code}) before the command ended; the end of its log "
+                  f"({log_path}):\n{_tail(log_path, 12)}", file=sys.stderr, flush=True)
         stop(proc)
         log.info("local judge server stopped")
