@@ -17,6 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_configure(config):
+    # registered here, not in pyproject.toml: the lead's CI selects these with `-m vllm` inside .venv-vllm
+    config.addinivalue_line("markers", "vllm: needs vLLM installed and a model to serve (ADAKD_SMOLLM2_DIR); "
+                                       "skipped where vllm is not importable")
+
+
 def shared_data_dir() -> Path | None:
     env = os.environ.get("ADAKD_DATA_DIR")
     for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:

@@ -2,7 +2,7 @@
 inside functions only for optional or heavy dependencies (each with a comment saying why).
 
 Layers, bottom to top (README, "Layout"): foundation (errors, io, runinfo, schema, tracking) < data < kd < models <
-evaluation < training < assemble < experiment < tools (bench, shipped, the public-name modules, __main__). A module may
+evaluation < training < assemble < experiment < judge < tools (bench, shipped, the public-name modules, __main__). A module may
 import its own package and any package below it.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS: List[List[str]] = [
     ["errors"], ["io"], ["runinfo"], ["schema"], ["tracking"],
-    ["data"], ["kd"], ["models"], ["evaluation"], ["training"], ["assemble"], ["experiment"],
+    ["data"], ["kd"], ["models"], ["evaluation"], ["training"], ["assemble"], ["experiment"], ["judge"],
     ["bench", "shipped", "objective", "losses", "evaluate", "__main__"],
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
