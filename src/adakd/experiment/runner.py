@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import runinfo
 from ..build.context import Context
-from ..build.data import build_benchmarks, encoded_train, run_data
+from ..build.data import build_benchmarks, encoded_train, run_data, usable_dev
 from ..build.devices import pick_device
 from ..build.preflight import check_lengths, check_run
 from ..build.student import export_student, get_student
@@ -33,6 +33,7 @@ from ..io import atomic_write_json, atomic_write_text, hold_directory, read_json
 from ..models import save_model
 from ..tracking import NullLogger, make_logger
 from ..training import distributed
+from ..training import val_plan
 from ..training.recipes import recipe_params
 from ..training.schedule import seed_everything
 from .plots import plot_run
@@ -139,6 +140,9 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
         torch.set_num_threads(int(cfg.train.threads))
     device = dist.device if dist.enabled else pick_device(cfg.train.device)
     seed_everything(int(cfg.train.seed))
+    errors = val_plan.setting_errors(cfg.train)   # before the data, as experiment.validate's checks
+    if errors:
+        raise ConfigError("; ".join(errors))
 
     # Data first: malformed files fail here, before any model is built and before anything is written.
     data = run_data(cfg, ctx)
@@ -148,6 +152,8 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
     # every sequence of the run vs the positions of the models that see it, from their configs alone
     trains_a_model = task.trains or (task.uses_teacher(cfg) and bool(cfg.model.teacher.finetune))
     train_lengths = [len(e["input_ids"]) for e in encoded_train(cfg, tokenizer, data, ctx)] if trains_a_model else []
+    if task.trains:
+        usable_dev(cfg, tokenizer, data, ctx)   # dev validation needs a dev example within the limits
     check_lengths(cfg, tokenizer, train_lengths, prompt_token_lengths(tokenizer, benchmarks, cfg.eval), **does)
     if cfg.train.preflight:   # memory needed vs the device's, from the model configs alone: before any weights
         check_run(cfg, tokenizer, device, world_size=dist.world_size, **does)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.example import Example
-from ..data.prompts import collate_train
+from ..data.prompts import apply_chat_template, collate_train
 from ..evaluation.generation import generate
 from ..evaluation.rouge import rouge_l_scores
 from ..kd.losses import Divergence
@@ -106,13 +106,16 @@ class Validator:
         return row
 
     def rouge(self, student: nn.Module) -> float:
+        """Dev ROUGE-L of the student's samples; its one call to generation (the protocol's engine)."""
         g = self.generation
         keys = [ex.id or f"dev:{i}" for i, ex in enumerate(self.examples)]
-        preds = generate(student, self.tokenizer, [ex.prompt for ex in self.examples], keys, seed=self.seed,
+        chat = bool(g.get("chat_template", False))   # the prompts as evaluation gives them (evaluate.model_prompts)
+        prompts = [apply_chat_template(self.tokenizer, ex.prompt) if chat else ex.prompt for ex in self.examples]
+        preds = generate(student, self.tokenizer, prompts, keys, seed=self.seed,
                          max_new_tokens=g["max_new_tokens"], temperature=g["temperature"], top_k=g["top_k"],
                          top_p=g["top_p"], no_repeat_ngram_size=g["no_repeat_ngram_size"],
                          batch_size=g["batch_size"], max_prompt_len=g["max_prompt_len"],
-                         prompt_truncation=g["prompt_truncation"], progress=False)
+                         prompt_truncation=g["prompt_truncation"], add_special_tokens=not chat, progress=False)
         scores = rouge_l_scores([p.strip() for p in preds], [ex.references for ex in self.examples])
         return sum(scores) / len(scores)
 
