@@ -91,6 +91,8 @@ def test_a_budget_nothing_fits_in_ends_at_the_floors():
     p = _plan(costs, need_rouge=True)
     assert (p.samples, p.examples) == (MIN_SAMPLES, MIN_EXAMPLES)
     assert "10 generations of up to 8 tokens and 16 dev sequences" in val_plan.describe(p, max_new_tokens=8)
+    p = _plan(ValCosts(train=1.0, per_example=0.0, per_sample=10.0))   # free sequences: no division by zero
+    assert (p.samples, p.examples) == (0, 1000) and not p.over_budget
 
 
 @pytest.mark.parametrize("settings,needle", [

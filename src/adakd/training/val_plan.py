@@ -114,9 +114,9 @@ def plan(costs: ValCosts, *, total_steps: int, steps_per_epoch: Optional[int], v
         if val_samples is None and one(samples, examples) > per_validation:
             fixed = 0.0 if val_examples is None else examples * costs.per_example
             free = samples * costs.per_sample + (examples * costs.per_example if val_examples is None else 0.0)
-            cut = math.floor(samples * max(0.0, per_validation - fixed) / free)
+            cut = math.floor(samples * max(0.0, per_validation - fixed) / free) if free > 0 else samples
             samples = min(samples, cut if cut >= MIN_SAMPLES else (MIN_SAMPLES if need_rouge else 0))
-        if val_examples is None and one(samples, examples) > per_validation:
+        if val_examples is None and costs.per_example > 0 and one(samples, examples) > per_validation:
             room = math.floor((per_validation - samples * costs.per_sample) / costs.per_example)
             examples = min(examples, max(MIN_EXAMPLES, room))
     share = len(steps) * one(samples, examples) / costs.train if costs.train > 0 else math.inf
