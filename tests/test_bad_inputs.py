@@ -481,3 +481,39 @@ def test_the_sweep_summary_keeps_the_whole_error_and_points_only_to_written_file
                            "seconds": 1.0, "results": jobs})
     assert "adakd.c=-1.0 is out of range [0.0, inf]" in text
     assert text.count("details:") == 1 and f"details: {tmp_path / 'c' / 'failure.json'}" in text
+
+
+# ------------------------------------------------------------------------- dev validation (issue 23, item 4)
+def _overlong_dev(root):
+    """Every dev record's response longer than dataset.max_len: no dev sequence to score val_ce / val_kd on."""
+    records = [{**_record(i), "output": " ".join(["blue"] * 400)} for i in range(8)]
+    (root / "dolly" / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return ["dev validation needs at least one dev example within the length limits",
+            "none of the 8 dev records fits dataset.max_prompt_len=96 / dataset.max_len=128", "train.val_every=0"]
+
+
+DEV_VALIDATION_CASES = {   # name -> (overrides, how the data is broken (None: not at all), substrings)
+    "no dev record within the limits": ([], _overlong_dev, None),
+    "val_budget nan": (["train.val_budget=nan"], None, ["train.val_budget=nan must be a finite share > 0"]),
+    "val_budget 0": (["train.val_budget=0"], None, ["train.val_budget=0.0 must be a finite share > 0"]),
+    "val_examples 0": (["train.val_examples=0"], None, ["train.val_examples=0 is out of range [1, inf]"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DEV_VALIDATION_CASES))
+def test_dev_validation_without_anything_to_score_is_refused(case, data, tmp_path, capsys):
+    """It used to log val_ce = val_kd = NaN with one INFO line, and train.select=best_dev selected on them."""
+    overrides, breaks, needles = DEV_VALIDATION_CASES[case]
+    needles = breaks(data) if breaks else needles
+    rc, out = _run(tmp_path, DOLLY + overrides, data)
+    err = capsys.readouterr().err
+    assert rc == USER_ERROR_EXIT_CODE and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in: {err}"
+    _nothing_written(out)
+
+
+def test_overlong_dev_records_are_fine_without_validation(data, tmp_path):
+    _overlong_dev(data)
+    rc, out = _run(tmp_path, DOLLY + ["train.val_every=0", "train.steps=1", "train.threads=1"], data)
+    assert rc == 0 and _metrics(out)["status"] == "ok"

@@ -13,7 +13,9 @@ from .compose import compose_cfg
 
 pytestmark = pytest.mark.integration   # whole smoke runs, in this process
 
-SMOKE = ["experiment=smoke", "logger=none", "run.progress=false", "train.threads=1", "train.val_every=4"]
+# No budget: these tests are about what a validation measures (tests/test_val_plan.py: how many the budget allows)
+SMOKE = ["experiment=smoke", "logger=none", "run.progress=false", "train.threads=1", "train.val_every=4",
+         "train.val_budget=null"]
 
 
 def _dev_rows(cfg):

@@ -120,3 +120,17 @@ def encoded_dev(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, n: int 
     """The first `n` dev examples (all: None) as training sequences."""
     examples = data.dev if n is None else data.dev[:n]
     return ctx.get(f"enc-dev:{id(tokenizer)}:{id(data)}:{n}", lambda: encode(examples, tokenizer, cfg.dataset))
+
+
+def usable_dev(cfg: DictConfig, tokenizer, data: RunData, ctx: Context) -> List[dict]:
+    """The dev sequences that dev validation scores (those within the length limits). A run that validates
+    (train.val_every != 0) on a dev split of which none fits is refused: its val_ce and val_kd would be NaN
+    and train.select=best_dev would select on them. Called before any model is loaded (experiment.runner)."""
+    encoded = encoded_dev(cfg, tokenizer, data, ctx)
+    if data.dev and not encoded and cfg.train.val_every != 0:
+        ds = cfg.dataset
+        raise ConfigError(f"dev validation needs at least one dev example within the length limits, and none of "
+                          f"the {len(data.dev)} dev records fits dataset.max_prompt_len={ds.max_prompt_len} / "
+                          f"dataset.max_len={ds.max_len} (dataset.overlong={ds.overlong}): raise the limits, or "
+                          f"turn validation off with train.val_every=0")
+    return encoded

@@ -21,8 +21,17 @@ from .identity import seqkd_root, teacher_key
 log = logging.getLogger(__name__)
 
 
+def student_policy_engine(cfg: DictConfig, student, tokenizer, run_dir: Path, device) -> PolicyEngine:
+    """A vLLM engine for the student being trained, started at its first use (recipes' samples, dev
+    validation), with room for a training sequence and for an evaluation prompt plus its answer."""
+    need = max(int(cfg.dataset.max_len), int(cfg.eval.max_prompt_len) + int(cfg.eval.max_new_tokens))
+    return PolicyEngine(lambda: open_policy_engine(cfg, student, tokenizer, run_dir, device, need))
+
+
 def build_recipe(cfg: DictConfig, *, student, teacher, tokenizer, data: RunData, ctx: Context, device,
-                 run_dir: Path) -> Optional[BatchSource]:
+                 run_dir: Path, student_engine: Optional[PolicyEngine] = None) -> Optional[BatchSource]:
+    """`student_engine`: the vLLM engine that samples the student (shared with dev validation), used by the
+    on-policy recipes when they sample with vLLM."""
     recipe = cfg.method.recipe
     if recipe in ("offline", "sft"):
         return None
@@ -34,8 +43,8 @@ def build_recipe(cfg: DictConfig, *, student, teacher, tokenizer, data: RunData,
     sampling = Sampling.from_params(p, micro, engine)
     policy = None
     if recipe in ON_POLICY and engine == "vllm":
-        policy = PolicyEngine(lambda: open_policy_engine(cfg, student, tokenizer, run_dir, device, max_len),
-                              refresh_every=int(p["refresh_every"]))
+        policy = student_engine or student_policy_engine(cfg, student, tokenizer, run_dir, device)
+        policy.refresh_every = int(p["refresh_every"])
     if recipe == "gkd":
         return GKDSource(student=student, tokenizer=tokenizer, seed=int(cfg.train.seed), lam=float(p["lambda"]),
                          sampling=sampling, max_len=max_len, run_dir=run_dir, rank=rank, policy_engine=policy)

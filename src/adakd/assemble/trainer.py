@@ -11,22 +11,24 @@ from typing import Optional, Tuple
 import torch
 from omegaconf import DictConfig
 
+from .. import runinfo
 from ..data.prompts import collate_train
 from ..io import build_lock
 from ..kd.losses import build_divergence
 from ..kd.objective import build_objective, shared_vocab
-from ..models import lm_parts
+from ..models import count_params, lm_parts
 from ..training import distributed
 from ..training.loop import Trainer
 from ..training.schedule import total_steps
 from ..training.teachers import CachedTeacher
 from ..training.topk_cache import TAIL_SENSITIVE, TeacherCache, build as build_topk, cache_key
-from ..training.validation import Validator, validation_steps
+from ..training import val_plan
+from ..training.validation import Validator
 from .context import Context
-from .data import RunData, encoded_dev, encoded_train
+from .data import RunData, encoded_train, usable_dev
 from .devices import autocast_dtype
 from .identity import teacher_key, topk_cache_dir
-from .recipes import build_recipe
+from .recipes import build_recipe, student_policy_engine
 from .teacher import get_teacher
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
     d = distributed.info()
     amp = autocast_dtype(cfg.train.precision, device)
     student_vocab = int(lm_parts(student)[1].weight.shape[0])   # before any FSDP wrapping
+    student_params = count_params(student)
     if cfg.train.fsdp and d.enabled:
         if objective is not None and list(objective.parameters()):
             raise ValueError("train.fsdp=true with a learnable objective parameter (adakd.temperature=ctkd) "
@@ -56,8 +59,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
         log.warning("train.fsdp=true ignored: one process (launch with torchrun for FSDP; docs/scale.md)")
     elif d.enabled:
         distributed.broadcast_params(student)   # every replica starts from rank 0's weights, as DDP does
+    # one vLLM engine samples the student for the recipe and for dev validation, when either uses vLLM
+    student_engine = student_policy_engine(cfg, student, tokenizer, run_dir, device)
     batch_source = build_recipe(cfg, student=student, teacher=teacher, tokenizer=tokenizer, data=data, ctx=ctx,
-                                device=device, run_dir=run_dir) if with_teacher else None
+                                device=device, run_dir=run_dir, student_engine=student_engine) if with_teacher else None
     if hasattr(batch_source, "train_data"):   # seqkd: the teacher's (cached) responses replace the dataset's
         encoded = batch_source.train_data(encoded)
     teacher_source = teacher
@@ -65,6 +70,10 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
         teacher_source = CachedTeacher(topk_cache(cfg, teacher, encoded, student_vocab=student_vocab,
                                                   pad_id=tokenizer.pad_token_id, autocast=amp))
     steps_per_epoch = None if cfg.train.steps else max(1, math.ceil(len(encoded) / int(cfg.train.global_batch)))
+    plan = validation_plan(cfg, data, usable_dev(cfg, tokenizer, data, ctx), encoded, total, steps_per_epoch,
+                           student_params=student_params, teacher=teacher)
+    if plan.steps and d.is_main:
+        runinfo.add_to_run_info(run_dir, {"dev_validation_plan": plan.record()})
     trainer = Trainer(
         student=student, teacher=teacher_source, train_data=encoded,
         collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective,
@@ -73,27 +82,65 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
         telemetry_every=int(cfg.adakd.telemetry_every) if objective is not None else 0,
         autocast_dtype=amp, world_size=d.world_size, rank=d.rank,
         on_step_end=getattr(batch_source, "on_step_end", None),
-        validator=validator(cfg, tokenizer, data, ctx, teacher) if data.dev else None,
-        val_steps=validation_steps(cfg.train.val_every, total, steps_per_epoch) if data.dev else (),
+        validator=validator(cfg, tokenizer, data, ctx, teacher, plan,
+                            engine=student_engine if str(cfg.eval.engine) == "vllm" else None) if plan.steps else None,
+        val_steps=plan.steps,
         select=str(cfg.train.select),
     )
     return trainer, teacher
 
 
-def validator(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, teacher) -> Validator:
-    """Dev validation: CE and the plain base divergence on every dev example, ROUGE-L of generations on the
-    first train.val_samples, sampled as the evaluation protocol samples (its first seed)."""
+def validation_plan(cfg: DictConfig, data: RunData, dev: list, encoded: list, total: int,
+                    steps_per_epoch: Optional[int], *, student_params: int, teacher) -> val_plan.ValPlan:
+    """When to validate and on how many dev items (training.val_plan), from estimated costs; logged in one line
+    and, over train.val_budget, warned about in one line."""
+    t = cfg.train
+    if not data.dev:
+        return val_plan.ValPlan([], 0, 0, 0.0, t.val_budget, False)
+    teacher_params = count_params(teacher) if teacher is not None else 0
+    costs = val_plan.estimate_costs(
+        total_steps=total, global_batch=int(t.global_batch), train_len=mean_length(encoded), dev_len=mean_length(dev),
+        student_params=student_params, teacher_params=teacher_params,
+        teacher_in_training=teacher is not None and not t.teacher_cache.enabled,
+        teacher_in_validation=validation_divergence(cfg, teacher) is not None,
+        max_new_tokens=int(cfg.eval.max_new_tokens))
+    plan = val_plan.plan(costs, total_steps=total, steps_per_epoch=steps_per_epoch, val_every=t.val_every,
+                         val_samples=t.val_samples, val_examples=t.val_examples, dev_prompts=len(data.dev),
+                         dev_sequences=len(dev), budget=t.val_budget, need_rouge=t.select == "best_dev")
+    line = val_plan.describe(plan, max_new_tokens=int(cfg.eval.max_new_tokens))
+    if plan.over_budget:
+        log.warning("%s: over budget; lower train.val_every, train.val_samples or train.val_examples "
+                    "(train.val_every=0 turns validation off)", line)
+    elif plan.steps:
+        log.info("%s", line)
+    return plan
+
+
+def mean_length(encoded) -> float:
+    return sum(len(e["input_ids"]) for e in encoded) / len(encoded) if encoded else 0.0
+
+
+def validation_divergence(cfg: DictConfig, teacher):
+    """The method's plain base divergence for val_kd (None: SFT, or a method without a divergence)."""
+    if teacher is None or cfg.method.divergence in (None, "none"):
+        return None
+    return build_divergence(str(cfg.method.divergence), **dict(cfg.method.get("params") or {}))
+
+
+def validator(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, teacher, plan: val_plan.ValPlan,
+              engine=None) -> Validator:
+    """Dev validation: CE and the plain base divergence on the first plan.examples dev sequences, ROUGE-L of
+    generations on the first plan.samples dev prompts, sampled as the evaluation protocol samples (its first
+    seed, its prompt format)."""
     e = cfg.eval
-    n = int(cfg.train.val_samples)
-    divergence = None
-    if teacher is not None and cfg.method.divergence not in (None, "none"):
-        divergence = build_divergence(str(cfg.method.divergence), **dict(cfg.method.get("params") or {}))
     generation = {k: e[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "no_repeat_ngram_size",
-                                    "batch_size", "max_prompt_len", "prompt_truncation")}
-    return Validator(encoded=encoded_dev(cfg, tokenizer, data, ctx), examples=list(data.dev[:n]),
-                     tokenizer=tokenizer, teacher=teacher, divergence=divergence, generation=generation,
+                                    "batch_size", "max_prompt_len", "prompt_truncation", "chat_template")}
+    return Validator(encoded=usable_dev(cfg, tokenizer, data, ctx)[:plan.examples],
+                     examples=list(data.dev[:plan.samples]),
+                     tokenizer=tokenizer, teacher=teacher, divergence=validation_divergence(cfg, teacher),
+                     generation=generation,
                      seed=int(e.seeds[0]), batch_size=int(cfg.train.micro_batch),
-                     chunk_size=int(cfg.train.loss_chunk_size))
+                     chunk_size=int(cfg.train.loss_chunk_size), engine=engine)
 
 
 def topk_cache(cfg: DictConfig, teacher, examples, *, student_vocab: int, pad_id: int,

@@ -30,6 +30,7 @@ from ..models import ModelLoadError, check_local_or_hub, check_model_dir
 from ..models.lora import KEYS as LORA_KEYS
 from ..training.loop import NONFINITE_POLICIES, SELECTIONS
 from ..training.recipes import ON_POLICY, RECIPES, check_recipe_params
+from ..training import val_plan
 from ..training.schedule import LR_SCHEDULES
 from ..assemble.construct import SOURCES
 from ..assemble.devices import PRECISIONS
@@ -179,7 +180,7 @@ def validate_config(cfg: DictConfig) -> None:
     _range(e, "eval.max_prompt_len", ev.max_prompt_len, 1, None)
     _range(e, "eval.no_repeat_ngram_size", ev.no_repeat_ngram_size, 0, None)
     _choice(e, "eval.prompt_truncation", ev.prompt_truncation, TRUNCATION_SIDES)
-    e += engine_errors(ev) + sampling_engine_errors(cfg)
+    e += engine_errors(ev) + sampling_engine_errors(cfg) + val_plan.setting_errors(t)
     _range(e, "adakd.telemetry_every", a.telemetry_every, 0, None)
     _range(e, "adakd.ctkd_ramp_frac", a.ctkd_ramp_frac, 0.0, 1.0)
     _range(e, "adakd.ctkd_tau_min", a.ctkd_tau_min, 0.0, None, lo_open=True)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import runinfo
 from ..assemble.context import Context
-from ..assemble.data import build_benchmarks, encoded_train, run_data
+from ..assemble.data import build_benchmarks, encoded_train, run_data, usable_dev
 from ..assemble.devices import pick_device
 from ..assemble.engine import open_eval_engine
 from ..assemble.preflight import check_lengths, check_run
@@ -149,6 +149,8 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
     # every sequence of the run vs the positions of the models that see it, from their configs alone
     trains_a_model = task.trains or (task.uses_teacher(cfg) and bool(cfg.model.teacher.finetune))
     train_lengths = [len(e["input_ids"]) for e in encoded_train(cfg, tokenizer, data, ctx)] if trains_a_model else []
+    if task.trains:
+        usable_dev(cfg, tokenizer, data, ctx)   # dev validation needs a dev example within the limits
     check_lengths(cfg, tokenizer, train_lengths, prompt_token_lengths(tokenizer, benchmarks, cfg.eval), **does)
     if cfg.train.preflight:   # memory needed vs the device's, from the model configs alone: before any weights
         check_run(cfg, tokenizer, device, world_size=dist.world_size, **does)
@@ -219,11 +221,16 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
                                with_teacher=job.task.distils)
     try:
         result = trainer.train()
-    finally:   # a vLLM engine sampling for the recipe frees its memory before evaluation starts its own
+    finally:   # a vLLM engine sampling the student frees its memory before evaluation starts its own
         source = trainer.batch_source
+        student_engine = getattr(trainer.validator, "engine", None)   # dev validation's (maybe the recipe's too)
         sampling_engine = source.engine_record() if source is not None else {}
+        if not sampling_engine and student_engine is not None:
+            sampling_engine = student_engine.stats()
         if source is not None:
             source.close()
+        if student_engine is not None:
+            student_engine.close()
     selected = {"select": str(cfg.train.select), "step": result.steps}
     if cfg.train.select == "best_dev":   # the best dev ROUGE-L's weights are the ones evaluated and exported
         best = trainer.load_best()

@@ -46,9 +46,18 @@ class TrainConfig:
     keep_last: int = 2
     # Validation on the dev split (training.validation): dev CE, the plain base divergence to the teacher and
     # dev ROUGE-L, in train_log.jsonl and plots/validation.png. Steps between validations; null: once per epoch
-    # for epoch-based runs (train.steps null), 5 times over the run otherwise; 0: never. Always before step 1.
+    # for epoch-based runs (train.steps null), 5 times over the run otherwise, fewer where val_budget needs;
+    # 0: never. Always before step 1 and after the last step.
     val_every: Optional[int] = None
-    val_samples: int = 50            # dev examples whose generations are scored by ROUGE-L (0: none)
+    # dev prompts whose generations are scored by ROUGE-L (0: none); null: 50, fewer where val_budget needs
+    val_samples: Optional[int] = None
+    # dev sequences scored by CE and the divergence; null: all, fewer where val_budget needs
+    val_examples: Optional[int] = None
+    # The most that dev validation may cost, as a share of the training's cost, both estimated from the config,
+    # the data and the model sizes (training.val_plan): it sizes the open settings above, and a warning says when
+    # the settings given exceed it; null: no limit. A third keeps the world miniature's schedule (estimated 22 %
+    # of its distillation, 30 % of its SFT) and cuts a short run of a real model down to two cheap validations.
+    val_budget: Optional[float] = 0.33
     # Which student is evaluated and exported: last (as the released scripts) | best_dev (best dev ROUGE-L)
     select: str = "last"
     teacher_cache: TeacherCacheConfig = field(default_factory=TeacherCacheConfig)

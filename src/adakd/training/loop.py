@@ -319,6 +319,7 @@ class Trainer:
         if bar is not None:
             bar.set_postfix({"dev_rougeL": f"{score:.3g}" if score is not None else "-",
                              "dev_s": f"{self.val_seconds:.0f}"})
+            bar.unpause()   # the bar's s/step and elapsed time count training steps only (dev_s is apart)
         return row
 
     def load_best(self) -> Optional[int]:

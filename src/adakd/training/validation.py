@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 import torch
@@ -23,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.example import Example
-from ..data.prompts import collate_train
-from ..evaluation.generation import generate
+from ..data.prompts import apply_chat_template, collate_train
+from ..evaluation.evaluate import sample_all_seeds
 from ..evaluation.rouge import rouge_l_scores
 from ..kd.losses import Divergence
 from ..kd.objective import shared_vocab
@@ -81,6 +82,7 @@ class Validator:
     seed: int                               # the generation seed (the protocol's first)
     batch_size: int = 16
     chunk_size: int = 1024
+    engine: Any = None                      # a PolicyEngine (eval.engine=vllm) or None: the native sampler
 
     def __call__(self, trainer) -> Dict[str, Any]:
         t0 = time.time()
@@ -106,13 +108,14 @@ class Validator:
         return row
 
     def rouge(self, student: nn.Module) -> float:
+        """Dev ROUGE-L of the student's samples; its one call to generation (the protocol's engine)."""
         g = self.generation
         keys = [ex.id or f"dev:{i}" for i, ex in enumerate(self.examples)]
-        preds = generate(student, self.tokenizer, [ex.prompt for ex in self.examples], keys, seed=self.seed,
-                         max_new_tokens=g["max_new_tokens"], temperature=g["temperature"], top_k=g["top_k"],
-                         top_p=g["top_p"], no_repeat_ngram_size=g["no_repeat_ngram_size"],
-                         batch_size=g["batch_size"], max_prompt_len=g["max_prompt_len"],
-                         prompt_truncation=g["prompt_truncation"], progress=False)
+        chat = bool(g.get("chat_template", False))   # the prompts as evaluation gives them (evaluate.model_prompts)
+        prompts = [apply_chat_template(self.tokenizer, ex.prompt) if chat else ex.prompt for ex in self.examples]
+        settings = SimpleNamespace(**{**g, "chat_template": chat, "seeds": [self.seed]})
+        engine = self.engine.for_model(student, current=True) if self.engine is not None else None
+        preds = sample_all_seeds(student, self.tokenizer, prompts, keys, settings, engine=engine)[self.seed]
         scores = rouge_l_scores([p.strip() for p in preds], [ex.references for ex in self.examples])
         return sum(scores) / len(scores)
 

@@ -97,12 +97,15 @@ class PolicyEngine:
         self._open, self.refresh_every, self.calls = open_engine, int(refresh_every), 0
         self.engine: Any = None
 
-    def for_model(self, model: Any) -> Any:
+    def for_model(self, model: Any, *, current: bool = False) -> Any:
+        """The engine, its weights refreshed from `model` on the cadence (sampling calls), or now when `current`
+        (dev validation samples the student as it is; such calls leave the cadence alone)."""
         if self.engine is None:
             self.engine = self._open()
-        if self.calls % self.refresh_every == 0:
+        if current or self.calls % self.refresh_every == 0:
             self.engine.load_weights((k, v.detach()) for k, v in model.state_dict().items())
-        self.calls += 1
+        if not current:
+            self.calls += 1
         return self.engine
 
     def stats(self) -> dict[str, Any]:
