@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from adakd.training import val_plan, validation
+from adakd.training import val_plan
 from adakd.training.loop import Trainer
 from adakd.training.val_plan import MIN_EXAMPLES, MIN_SAMPLES, ValCosts, estimate_costs, plan
 from adakd.training.validation import Validator, validation_steps
@@ -124,7 +124,8 @@ def test_validation_generates_from_the_prompts_evaluation_uses(chat, monkeypatch
     def fake_generate(model, tokenizer, prompts, keys, **kw):
         seen.update(prompts=list(prompts), add_special_tokens=kw["add_special_tokens"])
         return ["the answer"] * len(prompts)
-    monkeypatch.setattr(validation, "generate", fake_generate)
+    from adakd.evaluation import evaluate as evaluation_module   # validation samples through sample_all_seeds
+    monkeypatch.setattr(evaluation_module, "generate", fake_generate)
     examples = [SimpleNamespace(id=f"d{i}", prompt=f"question {i}", references=["the answer"]) for i in range(2)]
     g = dict(max_new_tokens=4, temperature=1.0, top_k=0, top_p=1.0, no_repeat_ngram_size=0, batch_size=2,
              max_prompt_len=32, prompt_truncation="head", chat_template=chat)
