@@ -301,9 +301,10 @@ def test_seqkd_teacher_responses_through_vllm_are_cached_under_their_own_key(tmp
     assert metrics["status"] == "ok" and metrics["protocol"]["generation"]["engine"] == "native"
     sampling = metrics["run"]["sampling_engine"]
     assert sampling["requests"] == 40 and sampling["startup_seconds"] > 0
-    caches = sorted((tmp_path / "cache" / "seqkd").iterdir())
-    assert len(caches) == 1
-    meta = json.loads((caches[0] / "meta.json").read_text())
+    def caches():   # each cache directory (its build lock, .<key>.lock, sits beside it)
+        return sorted(p for p in (tmp_path / "cache" / "seqkd").iterdir() if p.is_dir())
+    assert len(caches()) == 1
+    meta = json.loads((caches()[0] / "meta.json").read_text())
     assert meta["sampling"]["engine"] == "vllm" and meta["n"] == 40
     run(compose_cfg(base))   # the native sampler's responses are another cache
-    assert len(list((tmp_path / "cache" / "seqkd").iterdir())) == 2
+    assert len(caches()) == 2
