@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -106,14 +106,13 @@ class EngineStats:
     requests: int = 0
     refreshes: int = 0
     refresh_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         tps = self.generated_tokens / self.generate_seconds if self.generate_seconds > 0 else None
         return {"engine": "vllm", "startup_seconds": round(self.startup_seconds, 2),
                 "generate_seconds": round(self.generate_seconds, 2), "generated_tokens": self.generated_tokens,
                 "requests": self.requests, "tokens_per_second": round(tps, 1) if tps else None,
-                "refreshes": self.refreshes, "refresh_seconds": round(self.refresh_seconds, 2), **self.extra}
+                "refreshes": self.refreshes, "refresh_seconds": round(self.refresh_seconds, 2)}
 
 
 @contextmanager
