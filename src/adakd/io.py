@@ -112,6 +112,25 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def _lock_file(path: Path):
+    """The `.<name>.lock` beside `path` (its parent made if missing), open for reading and writing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path.parent / f".{path.name}.lock", "a+", encoding="utf-8")
+
+
+def _holder(f) -> str:
+    f.seek(0)
+    return f.read().strip() or "unknown"
+
+
+def _claim(f) -> None:
+    """Write this process's pid into a lock file it holds (what a refused or waiting process reports)."""
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+
+
 @contextmanager
 def hold_directory(path: str | os.PathLike, what: str = "run directory") -> Iterator[Path]:
     """Hold `path` for this process while the block runs: an exclusive OS lock (flock) on `.<name>.lock`
@@ -121,21 +140,16 @@ def hold_directory(path: str | os.PathLike, what: str = "run directory") -> Iter
     a later run. A second process fails at once with RunLocked, naming the holder's pid and the directory.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path.parent / f".{path.name}.lock", "a+", encoding="utf-8")
+    f = _lock_file(path)
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
+        holder = _holder(f)
         f.close()
         raise RunLocked(f"the {what} {path} is in use by another process (pid {holder}): wait for it to finish, "
                         "or stop it; this process does nothing") from None
     try:
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+        _claim(f)
         yield path
     finally:
         fcntl.flock(f, fcntl.LOCK_UN)
@@ -158,8 +172,7 @@ def build_lock(path: str | os.PathLike, what: str, *, report_every: float = 30.0
     with its process (flock), and the waiter then builds (its half-built work, if any, resumes or is redone).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    f = open(path.parent / f".{path.name}.lock", "a+", encoding="utf-8")
+    f = _lock_file(path)
     try:
         t0 = time.monotonic()
         next_report = t0
@@ -170,18 +183,13 @@ def build_lock(path: str | os.PathLike, what: str, *, report_every: float = 30.0
             except BlockingIOError:
                 now = time.monotonic()
                 if now >= next_report:
-                    f.seek(0)
-                    holder = f.read().strip() or "unknown"
                     log.info("waiting for the %s %s: another process (pid %s) is building it (%.0f s so far)",
-                             what, path, holder, now - t0)
+                             what, path, _holder(f), now - t0)
                     next_report = now + report_every
                 time.sleep(poll)
         if time.monotonic() > t0 + poll:
             log.info("the %s %s is free after %.0f s", what, path, time.monotonic() - t0)
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+        _claim(f)
         yield path
     finally:
         try:
