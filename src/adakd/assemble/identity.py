@@ -65,6 +65,9 @@ def semantic_config(cfg: DictConfig, unused: Iterable[str] = ()) -> Dict[str, An
     if isinstance(recipe, dict) and "engine" in recipe and (recipe["engine"] or eval_engine) == "native":
         recipe.pop("engine", None)
         recipe.pop("refresh_every", None)
+    # The end-of-answer temperature not held (a diagnostic switch) is the run as before the switch existed.
+    if "end_tau" in (c.get("adakd") or {}) and c["adakd"]["end_tau"] is None:
+        c["adakd"].pop("end_tau")
     train = c.get("train") or {}
     if not (train.get("teacher_cache") or {}).get("enabled", False):
         train.pop("teacher_cache", None)

@@ -142,6 +142,8 @@ def validate_config(cfg: DictConfig) -> None:
     _range(e, "adakd.delta", a.delta, 0.0, 1.0, hi_open=True)
     _range(e, "adakd.c", a.c, 0.0, None)
     _range(e, "adakd.tau_base", a.tau_base, 0.0, None, lo_open=True)
+    if a.end_tau is not None:
+        _range(e, "adakd.end_tau", a.end_tau, 0.0, None, lo_open=True)
     _range(e, "adakd.nmtkd_k", a.nmtkd_k, 1, None)
     _choice(e, "train.loss_impl", t.loss_impl, LOSS_IMPLS)
     _choice(e, "train.schedule", t.schedule, LR_SCHEDULES)

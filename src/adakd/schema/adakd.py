@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass
@@ -28,6 +29,9 @@ class AdakdConfig:
     c: float = 0.5
     tau_base: float = 1.0
     direction: str = "inverse"
+    # A diagnostic (docs/reproducing.md, what IDTS's gain is made of): the temperature of every kept token whose
+    # target is the end-of-sequence token held at this value whatever the policy gives it; null = not held.
+    end_tau: Optional[float] = None
     # Temperature when idts is false (Table 5 ablations): constant (tau_base), ctkd, logit_std.
     temperature: str = "constant"
     # CTKD (temperature: ctkd): learned global temperature (starts at tau_base) behind a gradient

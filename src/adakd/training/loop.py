@@ -249,6 +249,8 @@ class Trainer:
                 ce = token_ce(s_logits, tgt)
         if isinstance(ce, torch.Tensor):
             stats["ce"] = float(ce.detach())
+        if telemetry and stats.get("_tensors"):
+            stats["_tensors"].update(token_places(mask, tgt))
         return ce, kd, stats
 
     def _student_logits(self, rows: torch.Tensor) -> torch.Tensor:
@@ -405,3 +407,13 @@ class Trainer:
 
     def _grad_diagnostic(self) -> str:
         return grad_diagnostic(self.student, self.optimizer)
+
+
+def token_places(mask: torch.Tensor, targets: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Telemetry: for each response token of a micro-batch (the objective's flat order), its target id, its
+    position in its response (0 = the first response token) and how many response tokens follow it (0 = the last:
+    the end-of-answer token), so the per-token tensors can be read by place in the answer."""
+    seen = mask.long().cumsum(1)
+    return {"target": targets.detach().cpu(), "position": (seen - 1)[mask].cpu(),
+            "to_end": (mask.long().sum(1, keepdim=True) - seen)[mask].cpu()}
+

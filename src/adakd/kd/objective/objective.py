@@ -50,6 +50,7 @@ class KDObjective:
         topk_tail: str = _TOPK.tail,
         max_vocab_pad: int = DEFAULT_MAX_VOCAB_PAD,
         logit_cache_mb: float = _TRAIN.fused_logit_cache_mb,
+        hold_tau: Optional[Tuple[int, float]] = None,
     ):
         if topk_form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {topk_form!r}")
@@ -64,6 +65,8 @@ class KDObjective:
         self.max_vocab_pad = int(max_vocab_pad)
         # fused path with scoring: MiB of pass-1 logits kept for pass 2 (0 = recompute every kept token)
         self.logit_cache_mb = float(logit_cache_mb)
+        # (token id, tau): that target's temperature held fixed whatever the policy says (adakd.end_tau)
+        self.hold_tau = hold_tau
 
     def __repr__(self) -> str:
         return (
@@ -92,7 +95,7 @@ class KDObjective:
 
     def _options(self, telemetry: bool) -> Dict[str, Any]:
         return dict(div=self.divergence, metric=self.metric, ratio=self.ratio, policy=self.temperature,
-                    chunk_size=self.chunk_size, telemetry=telemetry)
+                    chunk_size=self.chunk_size, telemetry=telemetry, hold_tau=self.hold_tau)
 
     def _logits(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, telemetry: bool):
         check_shapes(student_logits[..., :1], teacher_logits[..., :1], labels)
@@ -198,11 +201,13 @@ def build_objective(
     seed: int = 0,
     teacher_cache: Any = None,
     logit_cache_mb: float = _TRAIN.fused_logit_cache_mb,
+    eos_id: Optional[int] = None,
 ) -> KDObjective:
     """The trainer's objective from the `method`, `adakd` (and `train.teacher_cache`) config groups.
 
     adakd.latf false -> r = 1 always; adakd.idts false -> the adakd.temperature strategy.
     method.divergence "none" (pure SFT) gives an objective whose KD term is a connected zero.
+    adakd.end_tau (a diagnostic) holds the temperature of the end-of-answer token (eos_id) at that value.
     """
     method, a = typed(method_cfg, MethodConfig), typed(adakd_cfg, AdakdConfig)
     topk = typed(teacher_cache, TeacherCacheConfig)
@@ -235,4 +240,12 @@ def build_objective(
     )
     return KDObjective(div, metric=metric, schedule=schedule, temperature=temperature, impl=impl,
                        chunk_size=chunk_size, generator=generator, topk_form=topk.form, topk_tail=topk.tail,
-                       logit_cache_mb=logit_cache_mb)
+                       logit_cache_mb=logit_cache_mb, hold_tau=end_of_answer_hold(a.end_tau, eos_id))
+
+
+def end_of_answer_hold(end_tau: Optional[float], eos_id: Optional[int]) -> Optional[Tuple[int, float]]:
+    if end_tau is None:
+        return None
+    if eos_id is None:
+        raise ValueError("adakd.end_tau needs the tokenizer's end-of-sequence id (the tokenizer has none)")
+    return int(eos_id), float(end_tau)

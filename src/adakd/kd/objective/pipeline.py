@@ -22,7 +22,7 @@ from ..adaptive.temperature import TemperaturePolicy
 from ..losses import Divergence
 from .chunked import ChunkedLogitsLoss, FusedHiddenLoss, Plan
 from .chunks import Chunk, split_chunks
-from .token_values import scaled, token_values
+from .token_values import scaled, token_values, values_and_grads
 
 STAT_KEYS = (
     "kd_loss",
@@ -114,7 +114,10 @@ def run_pipeline(
     chunk_size: int,
     telemetry: bool,
     fused: bool,
+    hold_tau: Optional[Tuple[int, float]] = None,
 ) -> Tuple[Tensor, Dict[str, Any]]:
+    """hold_tau (token id, tau): every kept token whose target is that id gets that temperature instead of the
+    policy's (a diagnostic: e.g. the end-of-answer token held at tau = 1 under IDTS)."""
     labels_flat = labels.reshape(-1)
     idx_valid = (labels_flat != IGNORE_INDEX).nonzero().squeeze(1)
     n = idx_valid.numel()
@@ -148,6 +151,8 @@ def run_pipeline(
     idx_kept = idx_valid[kept_local]
     scores_kept = None if scores is None else scores[kept_local]
     tau = policy.temperatures(scores_kept, k, src.device, src.dtype)
+    if hold_tau is not None:
+        tau = held(tau, labels_valid[kept_local], *hold_tau)
 
     if impl == "reference":
         per = reference_values(src, idx_kept, tau, div, policy.standardize)
@@ -186,8 +191,37 @@ def run_pipeline(
             "token_loss": per.detach().cpu(),
             "entropy_before": before.cpu(),
             "entropy_after": after.cpu(),
+            **gradient_scales(src, idx_kept, tau, div, policy.standardize, chunk_size),
         }
     return loss, stats
+
+
+def held(tau: Optional[Tensor], targets_kept: Tensor, token_id: int, value: float) -> Optional[Tensor]:
+    """The policy's temperatures with those of the kept tokens whose target is `token_id` replaced by `value`."""
+    at = targets_kept == int(token_id)
+    if tau is None:
+        if value == 1.0 or not bool(at.any()):
+            return None   # no scaling at all stays the bit-exact plain loss
+        tau = torch.ones(targets_kept.numel(), device=targets_kept.device)
+    return torch.where(at.to(tau.device), torch.full_like(tau, float(value)), tau)
+
+
+@torch.no_grad()
+def gradient_scales(src, idx_kept: Tensor, tau: Optional[Tensor], div: Divergence, standardize: bool,
+                    chunk_size: int) -> Dict[str, Tensor]:
+    """Telemetry: per kept token, the norm of d(tau^2 D)/d(student logits) at the temperature it was given
+    (grad_norm) and at tau = 1 (grad_norm_t1): how much each token pushes the student, and how much of that its
+    temperature changed. The loss is the mean of these terms, so each token's share of the step is its norm / k."""
+    at_tau = torch.empty(idx_kept.numel(), dtype=torch.float32)
+    at_one = torch.empty_like(at_tau)
+    for ch in split_chunks(idx_kept, chunk_size):
+        stop = ch.start + ch.index.numel()
+        s_rows, t_rows = src.student(ch), src.teacher(ch)   # detached rows, by the sources' contract
+        tau_c = None if tau is None else tau[ch.start : stop].detach()
+        for out, t in ((at_tau, tau_c), (at_one, None)):
+            _, grad, _ = values_and_grads(div, s_rows, t_rows, t, standardize, False)
+            out[ch.start : stop] = grad.float().norm(dim=-1).cpu()
+    return {"grad_norm": at_tau, "grad_norm_t1": at_one}
 
 
 def reference_values(
