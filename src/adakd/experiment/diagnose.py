@@ -26,6 +26,14 @@ import statistics
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import torch
+from omegaconf import OmegaConf
+
+from ..data.prompts import tokenize_pair
+from ..evaluation.generation import encode_prompts
+from ..models.loading import load_pretrained
+from ..models.tokenizers import load_tokenizer
+
 NEAR_EMPTY = 10        # characters: an answer shorter than this is "near-empty" (docs/reproducing.md)
 FIRST = 3              # the first response tokens: positions 0 .. FIRST-1
 PLACES = ("end", "first", "rest")
@@ -105,14 +113,6 @@ def paired_completed(run_a: Path, run_b: Path, benchmark: str) -> Dict[str, floa
 def eos_probabilities(run_dir: Path, benchmark: str, *, max_prompts: Optional[int] = None) -> Dict[str, float]:
     """Teacher-forced on (prompt, first reference): mean P(EOS) at response positions 0, 1, 2, in the middle
     (every position from 3 to the last but one) and at the reference's end (where EOS is the target)."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from ..data.prompts import tokenize_pair
-    from ..evaluation.generation import encode_prompts
-    from ..models.loading import load_pretrained
-    from ..models.tokenizers import load_tokenizer
-
     run_dir = Path(run_dir)
     cfg = OmegaConf.load(run_dir / "config.yaml")
     model_dir = str(run_dir / "model")
