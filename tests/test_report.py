@@ -57,12 +57,15 @@ def test_renderer_end_to_end_on_hand_made_runs(table2_runs, capsys):
     md = (out_dir / "table2-smoke.md").read_text()
     assert md == capsys.readouterr().out.split("written:")[0]
     lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ")}
-    assert "| Method | synthetic | Avg | paper Avg (Qwen2-7B→1.5B) |" in md
+    assert ("| Method | synthetic | Avg | paper Avg (Qwen2-7B→1.5B) | same sign as paper (Qwen2-7B→1.5B) |"
+            in md)
     assert lines["RKD"].count("10.00 ± 0.79") == 2 and "(" not in lines["RKD"].split("|")[2]
     assert "12.00 ± 0.75 (+2.00†)" in lines["+ IDTS only"]           # significant gain, marked
     full = lines["+ AdaKD (LATF + IDTS)"]
     assert "(+0.02)" in full and "†" not in full                    # noise: no marker
     assert "38.55 (+1.52)" in lines["+ IDTS only"]                   # the paper's number and change
+    assert lines["+ IDTS only"].endswith("| yes† |")                 # +2.00† here, +1.52 in the paper
+    assert full.endswith("| yes |") and lines["RKD"].endswith("| – |")
     assert "–" in lines["+ LATF only"]
     assert "`latf` (+ LATF only): failed: RuntimeError: boom" in md
     csv = (out_dir / "table2-smoke.csv").read_text().splitlines()
@@ -235,3 +238,21 @@ def test_corrupt_unfinished_and_nan_runs_are_named_not_called_not_run_yet(tmp_pa
     lines = {ln.split("|")[1].strip(): ln for ln in md.splitlines() if ln.startswith("| ")}
     assert "NaN!" in lines["+ AdaKD (LATF + IDTS)"]
     assert "`full` (+ AdaKD (LATF + IDTS)): not a number in synthetic" in md
+
+
+def test_sign_agreement_and_the_cross_table_summary():
+    from adakd.experiment.table_summary import render_summary
+    base = Row(id="p", label="P", status="ok", paper={"qwen2": 30.0},
+               rouge={"a": {"mean": 10.0, "per_seed": [10.0, 10.2, 9.8]}})
+    up = Row(id="u", label="U", plain="p", kind="adakd", status="ok", paper={"qwen2": 31.0},
+             rouge={"a": {"mean": 12.0, "per_seed": [12.0, 12.1, 11.9]}})       # same sign as the paper
+    down = Row(id="d", label="D", plain="p", kind="adakd", status="ok", paper={"qwen2": 31.5},
+               rouge={"a": {"mean": 9.0, "per_seed": [9.5, 8.0, 9.5]}})          # opposite sign
+    t = _table([base, up, down], benches=["a"])
+    cs = cells(t)
+    assert table_render.sign_agreement(t, up, cs, "qwen2") == (True, cs["u"][AVG].sig)
+    assert table_render.sign_agreement(t, down, cs, "qwen2")[0] is False
+    assert table_render.sign_agreement(t, base, cs, "qwen2") is None            # the reference row itself
+    text = render_summary([t])
+    assert "| t | 2 | 1 |" in text and "| all | 2 | 1 |" in text
+    assert "- t: D vs P: -1.00 vs +1.50" in text

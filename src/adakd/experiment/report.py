@@ -28,6 +28,7 @@ from ..tracking import make_logger
 from .plots import plot_dev_curves, plot_table
 from .table_render import _header, bar_data, problems, render_csv, render_markdown, render_tex, table_rows
 from .table_stats import AVG, cells
+from .table_summary import render_summary
 from .tables import Table, collect
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,10 @@ def log_to_wandb(table: Table, paths: Dict[str, Path], compare: bool = False) ->
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="adakd-report", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--table", required=True, help="table name: table1..table5, smoke")
+    p.add_argument("--table", default=None, help="table name: table1..table5, smoke")
+    p.add_argument("--summary", default=None, metavar="TABLES",
+                   help="comma-separated tables: one screen of how many of the paper's comparisons have the paper's "
+                        "sign here (instead of rendering one table)")
     p.add_argument("--scale", default=None, help="scale option (smoke, cpu, gpt2, qwen2, openllama2); "
                                                  "omit for the config's default")
     p.add_argument("--compare", action="store_true", help="show the paper's figures beside ours")
@@ -116,6 +120,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     train_seeds = [int(x) for x in a.train_seeds.split(",")] if a.train_seeds else None
+    if a.summary:
+        tables = [collect(t, a.scale, a.overrides, train_seeds=train_seeds) for t in a.summary.split(",")]
+        print(render_summary(tables, a.alpha), end="")
+        return 1 if any(problems(t) for t in tables) else 0
+    if not a.table:
+        p.error("give --table (or --summary)")
     table = collect(a.table, a.scale, a.overrides, train_seeds=train_seeds)
     if a.only_if_complete and problems(table):
         print(f"{len(problems(table))} of {len(table.rows)} rows not finished: running the sweep",

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .table_stats import AVG, Cell
 from .tables import Row, Table
@@ -73,6 +73,34 @@ def _paper_cell(table: Table, row: Row, pair: str) -> str:
     return f"{v:.2f}" + (f" ({v - base:+.2f})" if base is not None else "")
 
 
+def paper_change(table: Table, row: Row, pair: str) -> Optional[float]:
+    """The paper's change of `row` against its reference row (`plain`), on the Avg of pair `pair`."""
+    by_id = {r.id: r for r in table.rows}
+    v = _paper_avg(row, pair)
+    base = _paper_avg(by_id[row.plain], pair) if row.plain in by_id else None
+    return None if v is None or base is None else v - base
+
+
+def sign_agreement(table: Table, row: Row, cs: Dict[str, Dict[str, Cell]], pair: str) -> Optional[Tuple[bool, bool]]:
+    """(our Avg change has the paper's sign, ours is significant), or None where either change is missing."""
+    theirs, ours = paper_change(table, row, pair), cs[row.id][AVG]
+    if theirs is None or ours.delta is None or not math.isfinite(ours.delta):
+        return None
+    return (ours.delta > 0) == (theirs > 0), ours.sig
+
+
+def _sign_cell(agreement: Optional[Tuple[bool, bool]], tex: bool = False) -> str:
+    if agreement is None:
+        return "–"
+    same, sig = agreement
+    return ("yes" if same else "no") + ((r"$^\dagger$" if tex else DAGGER) if sig else "")
+
+
+def _sign_pairs(table: Table) -> List[str]:
+    """The paper columns for which some row has a change to compare."""
+    return [p for p in paper_columns(table) if any(paper_change(table, r, p) is not None for r in table.rows)]
+
+
 def _header(table: Table, compare: bool) -> List[str]:
     avg = "Avg" if table.avg_over == table.benches else f"Avg ({', '.join(table.avg_over)})"
     cols = ["Method"] + list(table.benches) + [avg]
@@ -80,6 +108,7 @@ def _header(table: Table, compare: bool) -> List[str]:
         cols += ["Avg: generation-seed sd"]
     if compare:
         cols += [f"paper Avg ({PAIRS.get(p, p)})" for p in paper_columns(table)]
+        cols += [f"same sign as paper ({PAIRS.get(p, p)})" for p in _sign_pairs(table)]
     return cols
 
 
@@ -94,6 +123,7 @@ def table_rows(table: Table, cs: Dict[str, Dict[str, Cell]], compare: bool,
             line.append("–" if g is None else f"{g:.2f}")
         if compare:
             line += [_paper_cell(table, r, p) for p in paper_columns(table)]
+            line += [_sign_cell(sign_agreement(table, r, cs, p), tex) for p in _sign_pairs(table)]
         rows.append(line)
     return rows
 
@@ -142,7 +172,11 @@ def _caption(table: Table) -> str:
 
 def render_markdown(table: Table, cs, compare: bool = False) -> str:
     head = _header(table, compare)
-    lines = [f"## {table.spec.get('title', table.name)}", "", _caption(table), "",
+    caption = _caption(table)
+    if compare and _sign_pairs(table):
+        caption += (" Same sign as paper: whether the Avg change against the reference row has the sign of the "
+                    f"paper's change (yes / no; {DAGGER} where ours is significant).")
+    lines = [f"## {table.spec.get('title', table.name)}", "", caption, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(table, cs, compare)]
     probs = problems(table)
@@ -163,6 +197,8 @@ def render_csv(table: Table, cs, compare: bool = False) -> str:
             head.append(f"{c}_gen_std")
     pairs = paper_columns(table)
     head += [f"paper_{p}_avg" for p in pairs]
+    signs = _sign_pairs(table)
+    head += [h for p in signs for h in (f"paper_{p}_change", f"same_sign_{p}")]
     w.writerow(head)
     for r in table.rows:
         line: List[Any] = [r.id, r.label, r.plain or "", r.status, r.run_dir or ""]
@@ -172,6 +208,9 @@ def render_csv(table: Table, cs, compare: bool = False) -> str:
             if table.train_seeds:
                 line.append(_num(x.gen_std))
         line += [_num(_paper_avg(r, p)) for p in pairs]
+        for p in signs:
+            agreement = sign_agreement(table, r, cs, p)
+            line += [_num(paper_change(table, r, p)), "" if agreement is None else int(agreement[0])]
         w.writerow(line)
     return buf.getvalue()
 
