@@ -11,7 +11,6 @@ from typing import Optional, Tuple
 import torch
 from omegaconf import DictConfig
 
-from .. import runinfo
 from ..data.prompts import collate_train
 from ..io import build_lock
 from ..kd.losses import build_divergence
@@ -35,8 +34,8 @@ log = logging.getLogger(__name__)
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunData, ctx: Context, device, logger,
-                  *, with_teacher: bool = True) -> Tuple[Trainer, Optional[torch.nn.Module]]:
-    """(trainer, the teacher model or None). `with_teacher`: the task distils (else SFT)."""
+                  *, with_teacher: bool = True) -> Tuple[Trainer, val_plan.ValPlan]:
+    """(trainer, its dev validation plan: recorded in run_info.json). `with_teacher`: the task distils (else SFT)."""
     encoded = encoded_train(cfg, tokenizer, data, ctx)
     total = total_steps(cfg.train.steps, float(cfg.train.epochs), len(encoded), int(cfg.train.global_batch))
     teacher, objective = None, None
@@ -72,8 +71,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
     steps_per_epoch = None if cfg.train.steps else max(1, math.ceil(len(encoded) / int(cfg.train.global_batch)))
     plan = validation_plan(cfg, data, usable_dev(cfg, tokenizer, data, ctx), encoded, total, steps_per_epoch,
                            student_params=student_params, teacher=teacher)
-    if plan.steps and d.is_main:
-        runinfo.add_to_run_info(run_dir, {"dev_validation_plan": plan.record()})
     trainer = Trainer(
         student=student, teacher=teacher_source, train_data=encoded,
         collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective,
@@ -87,7 +84,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
         val_steps=plan.steps,
         select=str(cfg.train.select),
     )
-    return trainer, teacher
+    return trainer, plan
 
 
 def validation_plan(cfg: DictConfig, data: RunData, dev: list, encoded: list, total: int,

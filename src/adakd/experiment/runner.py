@@ -65,11 +65,7 @@ def run(cfg: DictConfig, ctx: Optional[Context] = None) -> Dict[str, Any]:
         m = run_job(job, ctx)
         rows[job.baseline] = {"label": BASELINE_LABELS[job.baseline], "rougeL": m["rougeL"], "avg": m["avg"],
                               "dir": m["run"]["dir"]}
-    metrics = run_job(main, ctx)
-    if rows:
-        metrics["baselines"] = rows
-        if distributed.info().is_main:
-            atomic_write_json(main.run_dir / "metrics.json", metrics)
+    metrics = run_job(main, ctx, baselines=rows)
     if not distributed.info().is_main:   # rank 0 reports
         return metrics
     if cfg.run.print_table:
@@ -78,16 +74,17 @@ def run(cfg: DictConfig, ctx: Optional[Context] = None) -> Dict[str, Any]:
     return metrics
 
 
-def run_job(job: Job, ctx: Context) -> Dict[str, Any]:
+def run_job(job: Job, ctx: Context, baselines: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """A finished run is read back; an unfinished one is executed (resuming its last checkpoint). The run
-    directory is held by this process meanwhile (rank 0 under torchrun): a second process refuses at once."""
+    directory is held by this process meanwhile (rank 0 under torchrun): a second process refuses at once.
+    `baselines`: the rows of the command's baseline jobs, recorded in the main job's metrics.json."""
     if not distributed.info().is_main:
-        return _run_or_reuse(job, ctx)
+        return _run_or_reuse(job, ctx, baselines or {})
     with hold_directory(job.run_dir):
-        return _run_or_reuse(job, ctx)
+        return _run_or_reuse(job, ctx, baselines or {})
 
 
-def _run_or_reuse(job: Job, ctx: Context) -> Dict[str, Any]:
+def _run_or_reuse(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]:
     reuse = False
     if distributed.info().is_main and is_finished(job.run_dir):
         metrics = read_json(job.run_dir / "metrics.json")
@@ -100,8 +97,14 @@ def _run_or_reuse(job: Job, ctx: Context) -> Dict[str, Any]:
     # Under torchrun rank 0 decides (a rank must not skip a run whose collectives the others enter).
     if distributed.broadcast_object(reuse):
         log.info("finished run found, skipping: %s", job.run_dir)
-        return read_json(job.run_dir / "metrics.json")
-    return execute(job, ctx)
+        metrics = read_json(job.run_dir / "metrics.json")
+        if baselines and metrics.get("baselines") != baselines:
+            # the same run under another run.baselines (not part of its identity): the rows it is shown with now
+            metrics["baselines"] = baselines
+            if distributed.info().is_main:
+                write_metrics(job.run_dir, metrics)
+        return metrics
+    return execute(job, ctx, baselines)
 
 
 def cpu_threads(cfg: DictConfig) -> Optional[int]:
@@ -132,12 +135,20 @@ def changed_benchmark_files(metrics: Dict[str, Any]) -> list:
     return changed
 
 
-def execute(job: Job, ctx: Context) -> Dict[str, Any]:
+def write_metrics(run_dir: Path, metrics: Dict[str, Any]) -> None:
+    """metrics.json, a run's result: written once, when the run is finished (its presence marks it finished),
+    or again only to record new baseline rows beside a reused result."""
+    atomic_write_json(run_dir / "metrics.json", metrics)
+
+
+def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]:
     cfg, task, run_dir = job.cfg, job.task, job.run_dir
     dist = distributed.info()
     t_start = time.time()
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
+    # run_info.json: what the run is computed with, taken now, and what it cost; written once, beside metrics.json
+    run_info = runinfo.provenance()
     device = dist.device if dist.enabled else pick_device(cfg.train.device)
     seed_everything(int(cfg.train.seed))
 
@@ -157,7 +168,6 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        runinfo.write_run_info(run_dir, cfg)
     if dist.enabled:
         # A teacher still to be fine-tuned is trained by all ranks together (and cached), before any task
         # that runs on rank 0 alone needs it.
@@ -177,7 +187,8 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
         else:
             model, model_info = get_student(cfg, tokenizer, ctx, device, for_training=task.trains)
             if task.trains:
-                train_summary, model = train(job, model, tokenizer, data, ctx, device, logger)
+                train_summary, model, train_costs = train(job, model, tokenizer, data, ctx, device, logger)
+                run_info.update(train_costs)
         if not dist.is_main:   # only rank 0 evaluates and writes results
             exit_code = 0
             distributed.barrier()
@@ -193,7 +204,7 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
                 engine.close()
         eval_seconds = time.time() - t_eval
         if "engine" in results:   # start-up apart from generation, tokens/s
-            runinfo.add_to_run_info(run_dir, {"eval_engine": results["engine"]})
+            run_info["eval_engine"] = results["engine"]
         metrics = {
             "status": "ok",
             "rougeL": results["rougeL"],
@@ -204,8 +215,10 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
                     "eval_seconds": round(eval_seconds, 2),
                     **({"eval_engine": results["engine"]} if "engine" in results else {}),
                     "total_seconds": round(time.time() - t_start, 2), **train_summary},
+            **({"baselines": baselines} if baselines else {}),
         }
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        atomic_write_json(run_dir / "run_info.json", run_info)
+        write_metrics(run_dir, metrics)
         log_results(logger, metrics, run_dir)
         exit_code = 0
         distributed.barrier()
@@ -215,9 +228,10 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
 
 
 def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
-    """Train the job's student (SFT or distillation), save it; returns (summary, the trained model)."""
+    """Train the job's student (SFT or distillation), save it; returns (summary for metrics.json, the trained
+    model, what the training cost beside its results for run_info.json)."""
     cfg, run_dir = job.cfg, job.run_dir
-    trainer, _ = build_trainer(cfg, run_dir, student, tokenizer, data, ctx, device, logger,
+    trainer, val_plan = build_trainer(cfg, run_dir, student, tokenizer, data, ctx, device, logger,
                                with_teacher=job.task.distils)
     try:
         result = trainer.train()
@@ -243,9 +257,11 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
         save_model(student, tokenizer, run_dir / "model",
                    extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name,
                           "selected": selected})
-    # what the run cost beside its provenance: dev validation's seconds, a sampling engine's start-up and refreshes
-    runinfo.add_to_run_info(run_dir, {"dev_eval_seconds": result.val_seconds,
-                                      **({"sampling_engine": sampling_engine} if sampling_engine else {})})
+    # what the run cost beside its provenance: the dev validation plan and its seconds, a sampling engine's
+    # start-up and refreshes
+    costs = {**({"dev_validation_plan": val_plan.record()} if val_plan.steps else {}),
+             "dev_eval_seconds": result.val_seconds,
+             **({"sampling_engine": sampling_engine} if sampling_engine else {})}
     # the resolved objective and recipe parameters (the configs hold only what differs from the defaults)
     return {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 2),
             "dev_eval_seconds": result.val_seconds, "selected": selected,
@@ -253,7 +269,7 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
             "resumed_from": result.resumed_from, "skipped_steps": result.skipped_steps,
             "world_size": trainer.world_size, "objective": repr(trainer.objective) if trainer.objective else None,
             "recipe_params": recipe_params(cfg.method.recipe, cfg.method.get("recipe_params")),
-            **({"sampling_engine": sampling_engine} if sampling_engine else {})}, student
+            **({"sampling_engine": sampling_engine} if sampling_engine else {})}, student, costs
 
 
 def log_results(logger, metrics: Dict[str, Any], run_dir: Path) -> None:
