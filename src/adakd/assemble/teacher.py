@@ -21,6 +21,7 @@ from ..tracking import NullLogger
 from ..training import distributed
 from ..training.loop import Trainer
 from ..training.schedule import seed_everything, total_steps
+from ..training.settings import train_settings
 from .construct import build_model, plain_model, prepare_for_training
 from .context import Context
 from .data import RunData, encoded_train
@@ -117,11 +118,12 @@ def finetune_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, de
     total = total_steps(ft.steps, float(ft.epochs), len(encoded), int(ft.global_batch))
     method = OmegaConf.create({"name": "teacher-sft", "divergence": "none", "recipe": "sft", "kd_ratio": 0.0})
     log.info("fine-tuning the teacher (%d steps, cached in %s)", total, out)
-    trainer = Trainer(student=train_model, teacher=None, train_data=encoded,
-                      collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=None,
-                      method_cfg=method, train_cfg=ft, run_dir=work, logger=NullLogger(), device=device,
-                      total_steps=total, progress=cfg.run.progress,
-                      autocast_dtype=autocast_dtype(ft.precision, device), world_size=d.world_size, rank=d.rank)
+    settings = train_settings(ft, total_steps=total, method=method, progress=bool(cfg.run.progress),
+                              autocast_dtype=autocast_dtype(ft.precision, device), world_size=d.world_size,
+                              rank=d.rank)
+    trainer = Trainer(settings, student=train_model, teacher=None, train_data=encoded,
+                      collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=None, run_dir=work,
+                      logger=NullLogger(), device=device)
     result = trainer.train()
     model = plain_model(trainer, model, lambda: build_model(spec, tokenizer, device=torch.device("cpu")), spec)
     if d.is_main:

@@ -19,6 +19,7 @@ from ..models import count_params, lm_parts
 from ..training import distributed
 from ..training.loop import Trainer
 from ..training.schedule import total_steps
+from ..training.settings import train_settings
 from ..training.teachers import CachedTeacher
 from ..training.topk_cache import TAIL_SENSITIVE, TeacherCache, build as build_topk, cache_key
 from ..training import val_plan
@@ -71,18 +72,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
     steps_per_epoch = None if cfg.train.steps else max(1, math.ceil(len(encoded) / int(cfg.train.global_batch)))
     plan = validation_plan(cfg, data, usable_dev(cfg, tokenizer, data, ctx), encoded, total, steps_per_epoch,
                            student_params=student_params, teacher=teacher)
+    settings = train_settings(cfg.train, total_steps=total, method=cfg.method,
+                              telemetry_every=int(cfg.adakd.telemetry_every) if objective is not None else 0,
+                              progress=bool(cfg.run.progress), val_steps=frozenset(plan.steps), autocast_dtype=amp,
+                              world_size=d.world_size, rank=d.rank)
     trainer = Trainer(
-        student=student, teacher=teacher_source, train_data=encoded,
-        collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective,
-        method_cfg=cfg.method, train_cfg=cfg.train, run_dir=run_dir, logger=logger, device=device,
-        total_steps=total, progress=cfg.run.progress, batch_source=batch_source,
-        telemetry_every=int(cfg.adakd.telemetry_every) if objective is not None else 0,
-        autocast_dtype=amp, world_size=d.world_size, rank=d.rank,
-        on_step_end=getattr(batch_source, "on_step_end", None),
+        settings, student=student, teacher=teacher_source, train_data=encoded,
+        collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective, run_dir=run_dir,
+        logger=logger, device=device, batch_source=batch_source, on_step_end=getattr(batch_source, "on_step_end", None),
         validator=validator(cfg, tokenizer, data, ctx, teacher, plan,
                             engine=student_engine if str(cfg.eval.engine) == "vllm" else None) if plan.steps else None,
-        val_steps=plan.steps,
-        select=str(cfg.train.select),
     )
     return trainer, plan
 

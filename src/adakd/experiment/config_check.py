@@ -28,7 +28,7 @@ from ..kd.losses.sparse import FORMS, TAIL_MODES
 from ..kd.objective import IMPLS as LOSS_IMPLS
 from ..models import ModelLoadError, check_local_or_hub, check_model_dir
 from ..models.lora import KEYS as LORA_KEYS
-from ..training.loop import NONFINITE_POLICIES, SELECTIONS
+from ..training.settings import NONFINITE_POLICIES, SELECTIONS
 from ..training.recipes import ON_POLICY, RECIPES, check_recipe_params
 from ..training import val_plan
 from ..training.schedule import LR_SCHEDULES
