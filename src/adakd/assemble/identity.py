@@ -136,12 +136,18 @@ def tokenizer_dir(cfg: DictConfig) -> Path:
     return cache_root(cfg) / "tokenizer" / runinfo.config_hash(key)
 
 
-def topk_cache_dir(cfg: DictConfig, key: str) -> Path:
-    return cache_root(cfg) / "teacher_topk" / key
+def topk_root(cfg: DictConfig) -> Path:
+    """The top-k teacher caches, one directory per training.topk_cache.cache_key below it."""
+    return cache_root(cfg) / "teacher_topk"
 
 
 def seqkd_root(cfg: DictConfig) -> Path:
     return cache_root(cfg) / "seqkd"
+
+
+def vllm_teacher_dir(cfg: DictConfig, key: str) -> Path:
+    """The teacher of `key` saved for a vLLM engine to load (when it has no checkpoint of its own)."""
+    return cache_root(cfg) / "vllm-teacher" / key
 
 
 def asset_dir(spec: Optional[str]) -> Optional[Path]:

@@ -7,8 +7,9 @@ import json
 import logging
 import shutil
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +31,14 @@ from .identity import asset_dir, finetuned_teacher_dir, teacher_key
 
 log = logging.getLogger(__name__)
 FINETUNED = "fine-tuned teacher cache"   # how the build lock's messages name it
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A job's teacher, loaded once (get_teacher): the frozen model and where it came from (source, path or
+    cache, recipe key, parameter count)."""
+    model: torch.nn.Module
+    info: Dict[str, Any]
 
 
 def shipped_teacher(cfg: DictConfig) -> Optional[Path]:
@@ -114,7 +123,7 @@ def finetune_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, de
     work = out.parent / f"{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     seed_everything(int(ft.seed))
-    encoded = encoded_train(cfg, tokenizer, data, ctx)
+    encoded = encoded_train(cfg.dataset, tokenizer, data, ctx)
     total = total_steps(ft.steps, float(ft.epochs), len(encoded), int(ft.global_batch))
     method = OmegaConf.create({"name": "teacher-sft", "divergence": "none", "recipe": "sft", "kd_ratio": 0.0})
     log.info("fine-tuning the teacher (%d steps, cached in %s)", total, out)

@@ -24,7 +24,8 @@ from ..assemble.devices import pick_device
 from ..assemble.engine import open_eval_engine
 from ..assemble.preflight import check_lengths, check_run
 from ..assemble.student import export_student, get_student
-from ..assemble.teacher import ensure_teacher, get_teacher
+from ..assemble.plan import JobPlan
+from ..assemble.teacher import Teacher, ensure_teacher, get_teacher
 from ..assemble.tokenizer import get_tokenizer
 from ..assemble.trainer import build_trainer
 from ..evaluation.evaluate import evaluate_model, prompt_token_lengths
@@ -142,25 +143,27 @@ def write_metrics(run_dir: Path, metrics: Dict[str, Any]) -> None:
 
 
 def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]:
-    cfg, task, run_dir = job.cfg, job.task, job.run_dir
+    cfg = job.cfg
     dist = distributed.info()
     t_start = time.time()
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     # run_info.json: what the run is computed with, taken now, and what it cost; written once, beside metrics.json
     run_info = runinfo.provenance()
-    device = dist.device if dist.enabled else pick_device(cfg.train.device)
+    plan = job.plan(dist.device if dist.enabled else pick_device(cfg.train.device), cpu_threads(cfg))
+    run_dir, device = plan.run_dir, plan.device
     seed_everything(int(cfg.train.seed))
 
     # Data first: malformed files fail here, before any model is built and before anything is written.
-    data = run_data(cfg, ctx)
+    data = run_data(cfg.dataset, ctx)
     benchmarks, data_files = build_benchmarks(cfg, data)
-    tokenizer = get_tokenizer(cfg, data, ctx, roles=task.roles)
-    does = {"trains": task.trains, "distils": task.distils, "evaluates_teacher": task.evaluates == "teacher"}
+    tokenizer = get_tokenizer(cfg, data, ctx, roles=plan.roles)
+    does = {"trains": plan.trains, "distils": plan.distils, "evaluates_teacher": plan.evaluates_teacher}
     # every sequence of the run vs the positions of the models that see it, from their configs alone
-    trains_a_model = task.trains or (task.uses_teacher(cfg) and bool(cfg.model.teacher.finetune))
-    train_lengths = [len(e["input_ids"]) for e in encoded_train(cfg, tokenizer, data, ctx)] if trains_a_model else []
-    if task.trains:
+    trains_a_model = plan.trains or (plan.uses_teacher and bool(cfg.model.teacher.finetune))
+    train_lengths = ([len(e["input_ids"]) for e in encoded_train(cfg.dataset, tokenizer, data, ctx)]
+                     if trains_a_model else [])
+    if plan.trains:
         usable_dev(cfg, tokenizer, data, ctx)   # dev validation needs a dev example within the limits
     check_lengths(cfg, tokenizer, train_lengths, prompt_token_lengths(tokenizer, benchmarks, cfg.eval), **does)
     if cfg.train.preflight:   # memory needed vs the device's, from the model configs alone: before any weights
@@ -171,30 +174,41 @@ def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]
     if dist.enabled:
         # A teacher still to be fine-tuned is trained by all ranks together (and cached), before any task
         # that runs on rank 0 alone needs it.
-        if task.uses_teacher(cfg):
+        if plan.uses_teacher:
             ensure_teacher(cfg, tokenizer, data, ctx, device)
-        if not dist.is_main and not task.trains:
+        if not dist.is_main and not plan.trains:
             distributed.barrier()   # evaluation-only tasks run on rank 0; wait for its results
             return read_json(run_dir / "metrics.json")
+
+    def load_teacher() -> Teacher:   # loaded (or fine-tuned) where the job first needs it, once
+        return Teacher(*get_teacher(cfg, tokenizer, data, ctx, device))
 
     logger = make_logger(cfg.logger, run_dir, run_id=run_dir.name, name=run_dir.name,
                          config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else NullLogger()
     exit_code = 1
     try:
         train_summary: Dict[str, Any] = {}
-        if task.evaluates == "teacher":
-            model, model_info = get_teacher(cfg, tokenizer, data, ctx, device)
+        if plan.evaluates_teacher:
+            teacher = load_teacher()
+            model, model_info = teacher.model, teacher.info
         else:
-            model, model_info = get_student(cfg, tokenizer, ctx, device, for_training=task.trains)
-            if task.trains:
-                train_summary, model, train_costs = train(job, model, tokenizer, data, ctx, device, logger)
+            # a pruned student is cut from the teacher; else the teacher loads after the student is built (a LoRA
+            # student's adapters draw their initial weights from the global generator the fine-tune moves)
+            teacher = load_teacher() if cfg.model.student.source == "pruned" else None
+            model, model_info = get_student(cfg.model.student, tokenizer, device,
+                                            teacher=teacher.model if teacher is not None else None,
+                                            for_training=plan.trains, sharded=bool(cfg.train.fsdp) and dist.enabled)
+            if plan.trains:
+                if plan.distils and teacher is None:
+                    teacher = load_teacher()
+                train_summary, model, train_costs = train(cfg, plan, model, teacher, tokenizer, data, ctx, logger)
                 run_info.update(train_costs)
         if not dist.is_main:   # only rank 0 evaluates and writes results
             exit_code = 0
             distributed.barrier()
             return read_json(run_dir / "metrics.json")
         t_eval = time.time()
-        engine = open_eval_engine(cfg, task.evaluates, model, tokenizer, model_info, run_dir, device)
+        engine = open_eval_engine(cfg, plan, model, tokenizer, model_info)
         try:
             results = evaluate_model(model, tokenizer, benchmarks, cfg.eval, run_dir, device=str(device),
                                      model_info=model_info, data_files=data_files, progress=cfg.run.progress,
@@ -210,8 +224,8 @@ def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]
             "rougeL": results["rougeL"],
             "avg": results["avg"],
             "protocol": results.get("protocol", {}),
-            "run": {"name": task.run_name(cfg), "dir": str(run_dir), "task": task.name, "stage": cfg.run.stage,
-                    "method": cfg.method.name, "adakd": adakd_label(cfg), "cpu_threads": cpu_threads(cfg),
+            "run": {"name": plan.name, "dir": str(run_dir), "task": job.task.name, "stage": cfg.run.stage,
+                    "method": cfg.method.name, "adakd": adakd_label(cfg), "cpu_threads": plan.cpu_threads,
                     "eval_seconds": round(eval_seconds, 2),
                     **({"eval_engine": results["engine"]} if "engine" in results else {}),
                     "total_seconds": round(time.time() - t_start, 2), **train_summary},
@@ -227,12 +241,13 @@ def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]
         logger.finish(exit_code=exit_code)
 
 
-def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
-    """Train the job's student (SFT or distillation), save it; returns (summary for metrics.json, the trained
-    model, what the training cost beside its results for run_info.json)."""
-    cfg, run_dir = job.cfg, job.run_dir
-    trainer, val_plan = build_trainer(cfg, run_dir, student, tokenizer, data, ctx, device, logger,
-                               with_teacher=job.task.distils)
+def train(cfg: DictConfig, plan: JobPlan, student, teacher: Optional[Teacher], tokenizer, data, ctx: Context,
+          logger):
+    """Train the job's student (SFT, or distillation from `teacher`), save it; returns (summary for metrics.json,
+    the trained model, what the training cost beside its results for run_info.json)."""
+    run_dir = plan.run_dir
+    trainer, val_plan = build_trainer(cfg, plan, student, tokenizer, data, ctx, logger,
+                                      teacher=teacher if plan.distils else None)
     try:
         result = trainer.train()
     finally:   # a vLLM engine sampling the student frees its memory before evaluation starts its own
@@ -252,7 +267,8 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
             log.warning("train.select=best_dev but no validation scored ROUGE-L: the last student is used")
         selected.update(step=best if best is not None else result.steps, dev_rougeL=result.best_rougeL)
     # FSDP shards gathered (rank 0 gets the model, the others None), LoRA adapters merged.
-    student = export_student(cfg, trainer, student, tokenizer, ctx, device)
+    student = export_student(cfg.model.student, trainer, student, tokenizer, plan.device,
+                             teacher=teacher.model if teacher is not None else None)
     if student is not None:
         save_model(student, tokenizer, run_dir / "model",
                    extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name,

@@ -17,12 +17,15 @@ the same run whatever method or AdaKD setting trains the student, the SFT row wh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..assemble.identity import run_dir
+from ..assemble.plan import JobPlan, plan_job
 from ..io import read_json
 
 STAGES = ("train", "eval_teacher", "eval_init")     # run.stage
@@ -104,9 +107,16 @@ class Job:
     cfg: DictConfig
     baseline: str = ""
 
-    @property
+    @cached_property
     def run_dir(self) -> Path:
         return self.task.run_dir(self.cfg)
+
+    def plan(self, device: torch.device, cpu_threads: Optional[int]) -> JobPlan:
+        """The job resolved once for its build functions (assemble.plan), on the device it runs on."""
+        t, cfg = self.task, self.cfg
+        return plan_job(cfg, name=t.run_name(cfg), run_dir=self.run_dir, trains=t.trains, distils=t.distils,
+                        evaluates=t.evaluates, roles=t.roles, uses_teacher=t.uses_teacher(cfg), device=device,
+                        cpu_threads=cpu_threads)
 
 
 def run_dir_for(cfg: DictConfig) -> Path:

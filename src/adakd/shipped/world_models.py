@@ -240,7 +240,7 @@ def finetune(out: Path, work: Path, threads: int, quick: bool, progress: bool) -
     root = work / f"finetune-{file_sha256(base / 'model.safetensors')[:16]}"
     cfg = compose_world([*common, *where, "model.teacher_asset=null", f"run.output_root={root}"])
     ctx = Context()
-    data = run_data(cfg, ctx)
+    data = run_data(cfg.dataset, ctx)
     tok = get_tokenizer(cfg, data, ctx)
     get_teacher(cfg, tok, data, ctx, torch.device("cpu"))   # fine-tunes into the cache (resumable), loads it
     dst = out / "world-teacher"
