@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 from omegaconf import DictConfig
 
-from .devices import autocast_dtype, teacher_device
+from .devices import autocast_dtype
 from .identity import seqkd_root, teacher_key, topk_root, vllm_teacher_dir
 
 
@@ -40,7 +40,6 @@ class JobPlan:
     caches: CachePaths
     # where it computes
     device: torch.device
-    teacher_device: torch.device   # model.teacher.device, else `device`
     autocast: Optional[torch.dtype]   # train.precision on this device when it trains (None: fp32)
     cpu_threads: Optional[int]     # the torch CPU thread count (None on CUDA, where results do not depend on it)
 
@@ -54,10 +53,8 @@ def plan_job(cfg: DictConfig, *, name: str, run_dir: Path, trains: bool, distils
              cpu_threads: Optional[int]) -> JobPlan:
     key = teacher_key(cfg)
     caches = CachePaths(topk=topk_root(cfg), seqkd=seqkd_root(cfg), vllm_teacher=vllm_teacher_dir(cfg, key))
-    # resolved where they are used: a job without a teacher does not need model.teacher.device to exist here,
-    # and only training runs under autocast (autocast_dtype warns of a precision it ignores)
+    # only training runs under autocast (autocast_dtype warns of a precision it ignores)
     return JobPlan(name=name, run_dir=run_dir, trains=trains, distils=distils, evaluates=evaluates, roles=roles,
                    uses_teacher=uses_teacher, teacher_key=key, caches=caches, device=device,
-                   teacher_device=teacher_device(cfg, device) if uses_teacher else device,
                    autocast=autocast_dtype(cfg.train.precision, device) if trains else None,
                    cpu_threads=cpu_threads)

@@ -56,7 +56,7 @@ def shipped_teacher(cfg: DictConfig) -> Optional[Path]:
 def get_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device) -> Tuple[torch.nn.Module, Dict]:
     spec = cfg.model.teacher
     key = teacher_key(cfg)
-    tdev = teacher_device(cfg, device)   # optionally its own device
+    tdev = teacher_device(spec, device)   # optionally its own device
 
     def build():
         asset = shipped_teacher(cfg)

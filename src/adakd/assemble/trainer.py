@@ -97,7 +97,7 @@ def validation_plan(cfg: DictConfig, data: RunData, dev: list, encoded: list, to
         total_steps=total, global_batch=int(t.global_batch), train_len=mean_length(encoded), dev_len=mean_length(dev),
         student_params=student_params, teacher_params=teacher_params,
         teacher_in_training=teacher is not None and not t.teacher_cache.enabled,
-        teacher_in_validation=validation_divergence(cfg, teacher) is not None,
+        teacher_in_validation=validation_divergence(cfg.method, teacher) is not None,
         max_new_tokens=int(cfg.eval.max_new_tokens))
     plan = val_plan.plan(costs, total_steps=total, steps_per_epoch=steps_per_epoch, val_every=t.val_every,
                          val_samples=t.val_samples, val_examples=t.val_examples, dev_prompts=len(data.dev),
@@ -115,11 +115,11 @@ def mean_length(encoded) -> float:
     return sum(len(e["input_ids"]) for e in encoded) / len(encoded) if encoded else 0.0
 
 
-def validation_divergence(cfg: DictConfig, teacher):
+def validation_divergence(method: DictConfig, teacher):
     """The method's plain base divergence for val_kd (None: SFT, or a method without a divergence)."""
-    if teacher is None or cfg.method.divergence in (None, "none"):
+    if teacher is None or method.divergence in (None, "none"):
         return None
-    return build_divergence(str(cfg.method.divergence), **dict(cfg.method.get("params") or {}))
+    return build_divergence(str(method.divergence), **dict(method.get("params") or {}))
 
 
 def validator(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, teacher, plan: val_plan.ValPlan,
@@ -132,7 +132,7 @@ def validator(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, teacher, 
                                     "batch_size", "max_prompt_len", "prompt_truncation", "chat_template")}
     return Validator(encoded=usable_dev(cfg, tokenizer, data, ctx)[:plan.examples],
                      examples=list(data.dev[:plan.samples]),
-                     tokenizer=tokenizer, teacher=teacher, divergence=validation_divergence(cfg, teacher),
+                     tokenizer=tokenizer, teacher=teacher, divergence=validation_divergence(cfg.method, teacher),
                      generation=generation,
                      seed=int(e.seeds[0]), batch_size=int(cfg.train.micro_batch),
                      chunk_size=int(cfg.train.loss_chunk_size), engine=engine)

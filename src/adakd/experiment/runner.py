@@ -2,9 +2,10 @@
 
 Read as a checklist: validate the config; expand it into jobs (its baseline rows, then itself:
 experiment.tasks); for each job, skip it if its run directory holds a finished result, else execute it:
-read the data (bad input fails in seconds, with the file and line), build the tokenizer, check the memory,
-build the model to evaluate (teacher, untrained student, or a student trained by SFT or distillation),
-evaluate it, write the results atomically. Then print the command's table.
+resolve it once (assemble.plan), read the data (bad input fails in seconds, with the file and line), build the
+tokenizer, check the memory, build the model to evaluate (teacher, untrained student, or a student trained by
+SFT or distillation; the teacher loaded once), evaluate it, write run_info.json and metrics.json, once each.
+Then print the command's table.
 """
 from __future__ import annotations
 
@@ -108,17 +109,17 @@ def _run_or_reuse(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str
     return execute(job, ctx, baselines)
 
 
-def cpu_threads(cfg: DictConfig) -> Optional[int]:
+def cpu_threads(train: DictConfig) -> Optional[int]:
     """The torch CPU thread count a job runs with (None on CUDA, where the count does not change results)."""
-    if str(cfg.train.device).startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()):
+    if str(train.device).startswith("cuda") or (train.device == "auto" and torch.cuda.is_available()):
         return None
-    return int(cfg.train.threads) if cfg.train.threads else torch.get_num_threads()
+    return int(train.threads) if train.threads else torch.get_num_threads()
 
 
 def check_thread_count(job: Job, recorded: Optional[int]) -> None:
     """On a CPU the thread count changes the order of float reductions, hence the trained weights and the
     samples: a run computed with one count is not reused (or resumed) with another."""
-    now = cpu_threads(job.cfg)
+    now = cpu_threads(job.cfg.train)
     if recorded is not None and now is not None and int(recorded) != now:
         raise ConfigError(f"{job.run_dir} was computed with {recorded} CPU thread(s) and this process would use "
                           f"{now}: results depend on the thread count, so it is not reused. Pass "
@@ -150,7 +151,7 @@ def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]
         torch.set_num_threads(int(cfg.train.threads))
     # run_info.json: what the run is computed with, taken now, and what it cost; written once, beside metrics.json
     run_info = runinfo.provenance()
-    plan = job.plan(dist.device if dist.enabled else pick_device(cfg.train.device), cpu_threads(cfg))
+    plan = job.plan(dist.device if dist.enabled else pick_device(cfg.train.device), cpu_threads(cfg.train))
     run_dir, device = plan.run_dir, plan.device
     seed_everything(int(cfg.train.seed))
 
@@ -225,7 +226,7 @@ def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]
             "avg": results["avg"],
             "protocol": results.get("protocol", {}),
             "run": {"name": plan.name, "dir": str(run_dir), "task": job.task.name, "stage": cfg.run.stage,
-                    "method": cfg.method.name, "adakd": adakd_label(cfg), "cpu_threads": plan.cpu_threads,
+                    "method": cfg.method.name, "adakd": adakd_label(cfg.adakd), "cpu_threads": plan.cpu_threads,
                     "eval_seconds": round(eval_seconds, 2),
                     **({"eval_engine": results["engine"]} if "engine" in results else {}),
                     "total_seconds": round(time.time() - t_start, 2), **train_summary},

@@ -60,14 +60,14 @@ class Task:
             return f"student-init-{cfg.model.name}"
         if self is SFT:
             return f"sft-{cfg.model.name}"
-        return f"{cfg.method.name}-{adakd_label(cfg)}-{cfg.model.name}"
+        return f"{cfg.method.name}-{adakd_label(cfg.adakd)}-{cfg.model.name}"
 
     def label(self, cfg: DictConfig) -> str:
         """The row label in a run's printed table."""
         if self is SFT:
             return "student SFT"
         if self is DISTIL:
-            tag = adakd_label(cfg)
+            tag = adakd_label(cfg.adakd)
             return f"student {cfg.method.name}" + ("" if tag == "plain" else f" + {tag}")
         return self.run_name(cfg)
 
@@ -95,9 +95,10 @@ def task_of(cfg: DictConfig) -> Task:
     return SFT if cfg.method.recipe == "sft" else DISTIL
 
 
-def adakd_label(cfg: DictConfig) -> str:
+def adakd_label(adakd: DictConfig) -> str:
+    """What of AdaKD the adakd section turns on, as run names and tables call it."""
     return {(True, True): "adakd", (True, False): "latf", (False, True): "idts", (False, False): "plain"}[
-        (bool(cfg.adakd.latf), bool(cfg.adakd.idts))]
+        (bool(adakd.latf), bool(adakd.idts))]
 
 
 @dataclass
