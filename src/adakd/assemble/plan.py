@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from .devices import autocast_dtype
-from .identity import seqkd_root, teacher_key, topk_root, vllm_teacher_dir
+from .identity import cache_root, seqkd_root, teacher_key, topk_root, vllm_teacher_dir
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,8 @@ def plan_job(cfg: DictConfig, *, name: str, run_dir: Path, trains: bool, distils
              roles: Tuple[str, ...], uses_teacher: bool, device: torch.device,
              cpu_threads: Optional[int]) -> JobPlan:
     key = teacher_key(cfg)
-    caches = CachePaths(topk=topk_root(cfg), seqkd=seqkd_root(cfg), vllm_teacher=vllm_teacher_dir(cfg, key))
+    cache = cache_root(cfg.run)
+    caches = CachePaths(topk=topk_root(cache), seqkd=seqkd_root(cache), vllm_teacher=vllm_teacher_dir(cache, key))
     # only training runs under autocast (autocast_dtype warns of a precision it ignores)
     return JobPlan(name=name, run_dir=run_dir, trains=trains, distils=distils, evaluates=evaluates, roles=roles,
                    uses_teacher=uses_teacher, teacher_key=key, caches=caches, device=device,

@@ -47,9 +47,10 @@ class Task:
             return ("teacher",)
         return ("teacher", "student") if self.distils else ("student",)
 
-    def uses_teacher(self, cfg: DictConfig) -> bool:
-        """Whether the teacher model is needed (to distil from, to evaluate, or to prune the student from)."""
-        return self.distils or self.evaluates == "teacher" or cfg.model.student.source == "pruned"
+    def uses_teacher(self, student) -> bool:
+        """Whether the teacher model is needed (to distil from, to evaluate, or to prune the `student` spec
+        from)."""
+        return self.distils or self.evaluates == "teacher" or student.source == "pruned"
 
     def run_name(self, cfg: DictConfig) -> str:
         if cfg.run.name:
@@ -116,7 +117,7 @@ class Job:
         """The job resolved once for its build functions (assemble.plan), on the device it runs on."""
         t, cfg = self.task, self.cfg
         return plan_job(cfg, name=t.run_name(cfg), run_dir=self.run_dir, trains=t.trains, distils=t.distils,
-                        evaluates=t.evaluates, roles=t.roles, uses_teacher=t.uses_teacher(cfg), device=device,
+                        evaluates=t.evaluates, roles=t.roles, uses_teacher=t.uses_teacher(cfg.model.student), device=device,
                         cpu_threads=cpu_threads)
 
 
