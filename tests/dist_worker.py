@@ -64,6 +64,7 @@ def train(run_dir: Path, micro_batch: int, world_size: int, rank: int, fsdp: boo
     from adakd.schema import AdakdConfig, MethodConfig
     from adakd.tracking import NullLogger
     from adakd.training.loop import Trainer
+    from adakd.training.settings import train_settings
 
     teacher, student = models()
     if fsdp:
@@ -81,10 +82,11 @@ def train(run_dir: Path, micro_batch: int, world_size: int, rank: int, fsdp: boo
             trainer.save_checkpoint()   # as a pre-empted run does
             raise _Stop
 
-    trainer = Trainer(student=student, teacher=teacher, train_data=data(), collate=lambda b: collate_train(b, 0),
-                      objective=objective, method_cfg=method, train_cfg=cfg, run_dir=run_dir, logger=NullLogger(),
-                      device=torch.device("cpu"), total_steps=STEPS, progress=False, world_size=world_size,
-                      rank=rank, on_step_end=on_step_end)
+    settings = train_settings(cfg, total_steps=STEPS, method=method, progress=False, world_size=world_size,
+                              rank=rank)
+    trainer = Trainer(settings, student=student, teacher=teacher, train_data=data(),
+                      collate=lambda b: collate_train(b, 0), objective=objective, run_dir=run_dir,
+                      logger=NullLogger(), device=torch.device("cpu"), on_step_end=on_step_end)
     try:
         result = trainer.train()
     except _Stop:

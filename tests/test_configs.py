@@ -80,3 +80,42 @@ def test_out_of_range_settings_fail_before_any_work(override, needle):
     with pytest.raises(ConfigError) as e:
         validate_config(cfg)
     assert needle in str(e.value)
+
+
+# Run directories are found again by the hash of their config: typing the recipes' parameters (or any other
+# refactoring of the schema) must leave these names where they were (computed before the change).
+PINNED_RUN_DIRS = {
+    "rkl": "rkl-adakd-tiny-803dac64ec",
+    "gkd": "gkd-adakd-tiny-9212c58b4e",
+    "distillm": "distillm-adakd-tiny-72e668a00e",
+    "seqkd": "seqkd-adakd-tiny-a2da812f18",
+    "seqkd-ce": "seqkd-ce-adakd-tiny-79bb16b775",
+}
+
+
+@pytest.mark.parametrize("method", sorted(PINNED_RUN_DIRS))
+def test_run_directory_names_stay(method, tmp_path):
+    from adakd.experiment.tasks import run_dir_for
+    cfg = compose_cfg(["experiment=smoke", f"method={method}", f"run.output_root={tmp_path}"])
+    assert run_dir_for(cfg).name == PINNED_RUN_DIRS[method]
+
+
+def test_recipe_params_are_composed_from_the_schema():
+    from adakd.schema.recipes import defaults
+    for recipe in ("gkd", "distillm", "seqkd"):
+        assert OmegaConf.to_container(compose_cfg([f"method={recipe}"]).method.recipe_params) == defaults(recipe)
+
+
+def test_one_range_refuses_in_the_config_check_and_in_the_constructor():
+    """A range is written once (adakd.schema): the config check and the object built from the value refuse the
+    same values."""
+    from adakd.kd.adaptive import LATFController
+    from adakd.training.recipes import GKDSource
+    with pytest.raises(ConfigError, match=r"adakd.ema_beta=1.0 is out of range \[0.0, 1.0\)"):
+        validate_config(compose_cfg(["experiment=smoke", "adakd.ema_beta=1.0"]))
+    with pytest.raises(ValueError, match=r"ema_beta must be in \[0, 1\)"):
+        LATFController(10, ema_beta=1.0)
+    with pytest.raises(ConfigError, match=r"method.recipe_params.lambda=1.5 is out of range \[0.0, 1.0\]"):
+        validate_config(compose_cfg(["experiment=smoke", "method=gkd", "method.recipe_params.lambda=1.5"]))
+    with pytest.raises(ValueError, match=r"lambda must be in \[0, 1\]"):
+        GKDSource(student=None, tokenizer=None, seed=0, lam=1.5)

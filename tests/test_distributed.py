@@ -83,6 +83,7 @@ def test_trainer_accumulation_follows_world_size():
     from adakd.schema import TrainConfig
     from adakd.schema import MethodConfig
     from adakd.training.loop import Trainer
+    from adakd.training.settings import train_settings
     sys.path.insert(0, str(HERE))
     import dist_worker
 
@@ -91,9 +92,9 @@ def test_trainer_accumulation_follows_world_size():
 
     def trainer(world, mb, gb=8):
         cfg = OmegaConf.structured(TrainConfig(steps=1, global_batch=gb, micro_batch=mb))
-        return Trainer(student=student, teacher=None, train_data=dist_worker.data(8), collate=lambda b: b,
-                       objective=None, method_cfg=method, train_cfg=cfg, run_dir=Path("/nonexistent"),
-                       logger=None, device=torch.device("cpu"), total_steps=1, world_size=world, rank=0)
+        return Trainer(train_settings(cfg, total_steps=1, method=method, world_size=world, rank=0),
+                       student=student, teacher=None, train_data=dist_worker.data(8), collate=lambda b: b,
+                       objective=None, run_dir=Path("/nonexistent"), logger=None, device=torch.device("cpu"))
     assert trainer(1, 2).accum == 4
     assert trainer(2, 2).accum == 2
     assert trainer(4, 2).accum == 1

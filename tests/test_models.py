@@ -217,14 +217,13 @@ def test_lora_refuses_unknown_settings():
 
 def test_get_student_with_lora_and_checkpointing():
     from adakd.assemble.student import get_student
-    from adakd.assemble.context import Context
     from adakd.schema import RunConfig
     tok = tiny_tokenizer(300)
     cfg = OmegaConf.structured(RunConfig)
     cfg.model.student.arch = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}
     cfg.model.student.lora = {"r": 4}
     cfg.model.student.gradient_checkpointing = True
-    model, info = get_student(cfg, tok, Context(), torch.device("cpu"), for_training=True)
+    model, info = get_student(cfg.model.student, tok, torch.device("cpu"), for_training=True)
     body = lm_parts(model)[0]
     assert getattr(body, "is_activation_checkpointing", None) or body.gradient_checkpointing
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

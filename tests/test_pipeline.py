@@ -87,6 +87,32 @@ def test_same_command_again_skips_the_finished_run(smoke_run, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"metrics: {run_dir / 'metrics.json'}"
 
 
+def test_smoke_run_directory_name_is_pinned(smoke_run):
+    """The run-directory hash is how finished runs are found again: a refactoring that moves it orphans them."""
+    _, cfg, _ = smoke_run
+    assert runner.run_dir_for(cfg).name == "rkl-adakd-tiny-803dac64ec"
+
+
+def test_each_result_file_is_written_once(smoke_run, monkeypatch):
+    """A run writes run_info.json and metrics.json once each, at its end; a finished run asked again with a
+    baseline row gets the row recorded beside its results, which are not recomputed."""
+    out, cfg, metrics = smoke_run
+    writes = []
+    real = runner.atomic_write_json
+    monkeypatch.setattr(runner, "atomic_write_json", lambda path, obj: (writes.append(Path(path)), real(path, obj)))
+    with_row = compose_cfg(["experiment=smoke", f"run.output_root={out}", "run.progress=false", "logger=none",
+                            "run.baselines=[student_init]"])
+    again = runner.run(with_row)
+    main, row = runner.run_dir_for(cfg), Path(again["baselines"]["student_init"]["dir"])
+    assert sorted(writes) == sorted([row / "run_info.json", row / "metrics.json", main / "metrics.json"])
+    recorded = json.loads((main / "metrics.json").read_text())
+    assert recorded["baselines"] == again["baselines"] and recorded["rougeL"] == metrics["rougeL"]
+    assert list(json.loads((row / "run_info.json").read_text()))[-1] == "started"   # evaluation only: no costs
+    writes.clear()
+    runner.run(with_row)   # the same rows again: nothing to record
+    assert writes == []
+
+
 def test_different_config_gets_a_different_directory(smoke_run):
     out, cfg, _ = smoke_run
     other = compose_cfg(["experiment=smoke", f"run.output_root={out}", "adakd=none"])

@@ -22,6 +22,7 @@ from adakd import io as aio
 from adakd.training.signals import PREEMPTED_EXIT_CODE, Preempted
 from adakd.training.diagnostics import NonFiniteLoss
 from adakd.training.loop import Trainer
+from adakd.training.settings import train_settings
 from adakd.training.logs import truncate_log as _truncate_log
 
 from .compose import compose_cfg
@@ -72,12 +73,11 @@ def _trainer(tmp: Path, encoded, cfg, *, steps: int = 8, dropout: float = 0.1, o
         p.requires_grad_(False)
     objective = build_objective(cfg.method, cfg.adakd, total_steps=steps, impl=cfg.train.loss_impl,
                                 chunk_size=cfg.train.loss_chunk_size, seed=int(cfg.train.seed))
-    return Trainer(student=_model(2, dropout), teacher=teacher, train_data=encoded,
-                   collate=lambda b: collate_train(b, tok.pad_token_id), objective=objective,
-                   method_cfg=cfg.method, train_cfg=cfg.train, run_dir=tmp, logger=NullLogger(),
-                   device=torch.device("cpu"), total_steps=steps, progress=False,
-                   telemetry_every=int(cfg.adakd.telemetry_every), on_step_end=on_step_end,
-                   world_size=world_size, rank=rank)
+    settings = train_settings(cfg.train, total_steps=steps, method=cfg.method, progress=False,
+                              telemetry_every=int(cfg.adakd.telemetry_every), world_size=world_size, rank=rank)
+    return Trainer(settings, student=_model(2, dropout), teacher=teacher, train_data=encoded,
+                   collate=lambda b: collate_train(b, tok.pad_token_id), objective=objective, run_dir=tmp,
+                   logger=NullLogger(), device=torch.device("cpu"), on_step_end=on_step_end)
 
 
 def _scramble_rng():

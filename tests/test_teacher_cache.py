@@ -204,6 +204,7 @@ def test_cached_trainer_matches_the_live_teacher(tmp_path, tok, pair, examples):
     from adakd.training.topk_cache import TeacherCache, build
     from adakd.tracking import NullLogger
     from adakd.training.loop import Trainer
+    from adakd.training.settings import train_settings
 
     teacher, student = pair
     v = len(tok)
@@ -211,15 +212,15 @@ def test_cached_trainer_matches_the_live_teacher(tmp_path, tok, pair, examples):
     tcfg = OmegaConf.structured(TrainConfig(global_batch=4, micro_batch=4, steps=1))
     method = OmegaConf.structured(MethodConfig(divergence="rkl"))
     acfg = AdakdConfig(ratio_schedule="fixed", ratio_end=0.7)
+    settings = train_settings(tcfg, total_steps=1, method=method, progress=False)
     common = {"student": student, "train_data": examples, "collate": lambda b: collate_train(b, tok.pad_token_id),
-              "method_cfg": method, "train_cfg": tcfg, "logger": NullLogger(), "device": torch.device("cpu"),
-              "total_steps": 1, "progress": False}
-    live = Trainer(teacher=teacher, objective=build_objective(method, acfg, total_steps=1),
+              "logger": NullLogger(), "device": torch.device("cpu")}
+    live = Trainer(settings, teacher=teacher, objective=build_objective(method, acfg, total_steps=1),
                    run_dir=tmp_path / "a", **common)
     batch = collate_train(examples[:4], tok.pad_token_id)
     _, l1, s1 = live.losses(batch, telemetry=False)
     for form in ("dense", "buckets"):
-        cached = Trainer(teacher=CachedTeacher(cache), run_dir=tmp_path / form,
+        cached = Trainer(settings, teacher=CachedTeacher(cache), run_dir=tmp_path / form,
                          objective=build_objective(method, acfg, total_steps=1, teacher_cache={"form": form}),
                          **common)
         assert cached.teacher.model is None and cached.kd_ratio == 1.0

@@ -136,7 +136,7 @@ def test_prompts_use_the_alpaca_template(splits):
 def test_run_data_wires_the_five_benchmarks():
     from adakd.assemble.data import build_train_data
     cfg = compose_cfg(["dataset=world", "dataset.n_train=30", "dataset.n_dev=5", "dataset.n_test=7"])
-    data = build_train_data(cfg)
+    data = build_train_data(cfg.dataset)
     assert len(data.train) == 30 and len(data.dev) == 5
     assert list(data.benchmarks) == wt.BENCHMARKS and all(len(v) == 7 for v in data.benchmarks.values())
     assert data.files["world-entities"]["description"] == wt.BENCHMARK_DESCRIPTIONS["world-entities"]

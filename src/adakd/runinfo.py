@@ -1,4 +1,4 @@
-"""Run identity and provenance: the config hash that names a run directory, and run_info.json."""
+"""Run identity and provenance: the config hash that names a run directory, and what run_info.json records."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from .io import atomic_write_json
 
 PACKAGES = ["torch", "transformers", "tokenizers", "hydra-core", "omegaconf", "wandb", "rouge-score", "peft",
             "numpy", "adakd"]
@@ -55,16 +54,11 @@ def device_info() -> dict:
     return info
 
 
-def add_to_run_info(run_dir: Path, fields: dict) -> None:
-    """Fields known only after the run started (e.g. the dev evaluation's time), added to run_info.json."""
-    path = Path(run_dir) / "run_info.json"
-    info = json.loads(path.read_text()) if path.exists() else {}
-    atomic_write_json(path, {**info, **fields})
-
-
-def write_run_info(run_dir: Path, cfg) -> None:
-    atomic_write_json(Path(run_dir) / "run_info.json", {
+def provenance() -> dict:
+    """What a run is computed with (commit, versions, platform, device, command line) and when it started: taken
+    when the run starts, written to run_info.json with what the run cost (experiment.runner)."""
+    return {
         "git_commit": git_commit(), "versions": versions(), "python": sys.version.split()[0],
         "platform": platform.platform(), "device": device_info(), "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    })
+    }

@@ -35,8 +35,8 @@ class RunData:
     benchmarks: Dict[str, List[Example]] = field(default_factory=dict)   # generated benchmarks (dataset=world)
 
 
-def build_train_data(cfg: DictConfig) -> RunData:
-    ds = cfg.dataset
+def build_train_data(ds: DictConfig) -> RunData:
+    """The training, dev and (generated) test splits of the dataset section."""
     if ds.name == "synthetic":
         tasks = list(ds.tasks) if ds.tasks else None
         return RunData(train=synthetic.generate("train", ds.n_train, ds.seed, tasks),
@@ -58,10 +58,10 @@ def build_train_data(cfg: DictConfig) -> RunData:
     return RunData(train=train, dev=dev, test=[], files={"train": source_files(train), "dev": source_files(dev)})
 
 
-def run_data(cfg: DictConfig, ctx: Context) -> RunData:
-    """The run's data, built once per dataset config in a process."""
-    key = "data:" + runinfo.config_hash(OmegaConf.to_container(cfg.dataset, resolve=True))
-    return ctx.get(key, lambda: build_train_data(cfg))
+def run_data(ds: DictConfig, ctx: Context) -> RunData:
+    """The run's data (from the dataset section), built once per dataset config in a process."""
+    key = "data:" + runinfo.config_hash(OmegaConf.to_container(ds, resolve=True))
+    return ctx.get(key, lambda: build_train_data(ds))
 
 
 def build_benchmarks(cfg: DictConfig, data: RunData) -> Tuple[Dict[str, List[Example]], Dict[str, Any]]:
@@ -107,26 +107,27 @@ def encode(examples: Sequence[Example], tokenizer, ds) -> List[dict]:
     return encoded
 
 
-def encoded_train(cfg: DictConfig, tokenizer, data: RunData, ctx: Context) -> List[dict]:
+def encoded_train(ds: DictConfig, tokenizer, data: RunData, ctx: Context) -> List[dict]:
+    """The training split as training sequences (the dataset section's length limits), once per process."""
     def build():
-        encoded = encode(data.train, tokenizer, cfg.dataset)
+        encoded = encode(data.train, tokenizer, ds)
         if not encoded:
             raise ConfigError("no training sample fits the length limits (dataset.max_prompt_len / max_len)")
         return encoded
     return ctx.get(f"enc:{id(tokenizer)}:{id(data)}", build)
 
 
-def encoded_dev(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, n: int | None = None) -> List[dict]:
+def encoded_dev(ds: DictConfig, tokenizer, data: RunData, ctx: Context, n: int | None = None) -> List[dict]:
     """The first `n` dev examples (all: None) as training sequences."""
     examples = data.dev if n is None else data.dev[:n]
-    return ctx.get(f"enc-dev:{id(tokenizer)}:{id(data)}:{n}", lambda: encode(examples, tokenizer, cfg.dataset))
+    return ctx.get(f"enc-dev:{id(tokenizer)}:{id(data)}:{n}", lambda: encode(examples, tokenizer, ds))
 
 
 def usable_dev(cfg: DictConfig, tokenizer, data: RunData, ctx: Context) -> List[dict]:
     """The dev sequences that dev validation scores (those within the length limits). A run that validates
     (train.val_every != 0) on a dev split of which none fits is refused: its val_ce and val_kd would be NaN
     and train.select=best_dev would select on them. Called before any model is loaded (experiment.runner)."""
-    encoded = encoded_dev(cfg, tokenizer, data, ctx)
+    encoded = encoded_dev(cfg.dataset, tokenizer, data, ctx)
     if data.dev and not encoded and cfg.train.val_every != 0:
         ds = cfg.dataset
         raise ConfigError(f"dev validation needs at least one dev example within the length limits, and none of "

@@ -41,7 +41,7 @@ def load_dtype(name: str, device: Optional[torch.device]) -> str:
     return name
 
 
-def teacher_device(cfg, device: torch.device) -> torch.device:
-    """model.teacher.device (e.g. cuda:1, to keep the teacher off the student's GPU), else the run's device."""
-    spec = cfg.model.teacher.device
-    return pick_device(str(spec)) if spec else device
+def teacher_device(spec, device: torch.device) -> torch.device:
+    """The teacher spec's device (model.teacher.device, e.g. cuda:1, to keep the teacher off the student's GPU),
+    else the run's device."""
+    return pick_device(str(spec.device)) if spec.device else device

@@ -18,9 +18,9 @@ from ..evaluation.generation import max_positions
 from ..evaluation.vllm_engine import INSTALL_HINT, VLLMEngine, eos_ids_of, vllm_available
 from ..models import save_model
 from ..training.recipes import ON_POLICY, RECIPE_DEFAULTS
-from .data import run_data
-from .identity import cache_root, model_path, teacher_key
-from .teacher import get_teacher
+from .identity import model_path
+from .plan import JobPlan
+from .teacher import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +77,20 @@ def sampling_engine_errors(cfg: DictConfig) -> list[str]:
     return errors
 
 
-def open_teacher_engine(cfg: DictConfig, teacher, tokenizer, ctx, run_dir: Path, device) -> VLLMEngine:
+def open_teacher_engine(cfg: DictConfig, plan: JobPlan, teacher: Teacher, tokenizer) -> VLLMEngine:
     """A vLLM engine on the frozen teacher (SeqKD's responses): its checkpoint where it was loaded unchanged,
     else a copy saved once per teacher (identity.teacher_key) in the cache."""
-    info: Dict[str, Any] = {}
-    if cfg.model.teacher.finetune or cfg.model.teacher_asset:
-        _, info = get_teacher(cfg, tokenizer, run_data(cfg, ctx), ctx, device)   # memoised: no second load
+    info: Dict[str, Any] = teacher.info if (cfg.model.teacher.finetune or cfg.model.teacher_asset) else {}
     source = checkpoint_of(cfg, "teacher", info)
     if source is None:
-        out = cache_root(cfg) / "vllm-teacher" / teacher_key(cfg)
+        out = plan.caches.vllm_teacher
         if not _is_checkpoint(out):
-            save_model(teacher, tokenizer, out, extra={"recipe_hash": teacher_key(cfg), "saved_for": "vllm sampling"})
+            save_model(teacher.model, tokenizer, out, extra={"recipe_hash": plan.teacher_key,
+                                                             "saved_for": "vllm sampling"})
         source = str(out)
-    return VLLMEngine(source, eos_ids=eos_ids_of(teacher, tokenizer), cfg=cfg.eval.vllm, device=str(device),
-                      max_model_len=_positions(teacher, int(cfg.dataset.max_len)), seed=int(cfg.train.seed))
+    return VLLMEngine(source, eos_ids=eos_ids_of(teacher.model, tokenizer), cfg=cfg.eval.vllm,
+                      device=str(plan.device), max_model_len=_positions(teacher.model, int(cfg.dataset.max_len)),
+                      seed=int(cfg.train.seed))
 
 
 def open_policy_engine(cfg: DictConfig, student, tokenizer, run_dir: Path, device, max_len: int) -> VLLMEngine:
@@ -108,11 +108,11 @@ def _positions(model, need: int) -> int:
     return need if limit is None else min(need, limit)
 
 
-def open_eval_engine(cfg: DictConfig, evaluates: str, model, tokenizer, model_info: Dict[str, Any],
-                     run_dir: Path, device) -> Optional[VLLMEngine]:
+def open_eval_engine(cfg: DictConfig, plan: JobPlan, model, tokenizer,
+                     model_info: Dict[str, Any]) -> Optional[VLLMEngine]:
     """The job's vLLM engine when eval.engine=vllm (None: the native sampler). The caller closes it."""
     if str(cfg.eval.engine) != "vllm":
         return None
-    source = engine_model_dir(cfg, evaluates, model, tokenizer, model_info, run_dir)
-    return VLLMEngine(source, eos_ids=eos_ids_of(model, tokenizer), cfg=cfg.eval.vllm, device=str(device),
+    source = engine_model_dir(cfg, plan.evaluates, model, tokenizer, model_info, plan.run_dir)
+    return VLLMEngine(source, eos_ids=eos_ids_of(model, tokenizer), cfg=cfg.eval.vllm, device=str(plan.device),
                       max_model_len=max_model_len(model, cfg.eval), seed=int(cfg.train.seed))

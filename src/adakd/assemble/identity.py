@@ -95,7 +95,7 @@ def run_dir(cfg: DictConfig, name: str, unused: Iterable[str] = ()) -> Path:
     files = training_files(cfg)
     if files:   # generated datasets keep the hash they always had
         ident = {"config": ident, "training_files": files}
-    return output_root(cfg) / "runs" / f"{name}-{runinfo.config_hash(ident)}"
+    return output_root(cfg.run) / "runs" / f"{name}-{runinfo.config_hash(ident)}"
 
 
 def teacher_key(cfg: DictConfig) -> str:
@@ -114,17 +114,17 @@ def teacher_key(cfg: DictConfig) -> str:
                                 "vocab": cfg.model.tokenizer_vocab, "data": data_key})
 
 
-def output_root(cfg: DictConfig) -> Path:
-    """run.output_root as an absolute path (`~` expanded, as for model paths: see model_path)."""
-    return Path(os.path.expanduser(str(cfg.run.output_root))).absolute()
+def output_root(run: DictConfig) -> Path:
+    """The run section's output_root as an absolute path (`~` expanded, as for model paths: see model_path)."""
+    return Path(os.path.expanduser(str(run.output_root))).absolute()
 
 
-def cache_root(cfg: DictConfig) -> Path:
-    return output_root(cfg) / "cache"
+def cache_root(run: DictConfig) -> Path:
+    return output_root(run) / "cache"
 
 
 def finetuned_teacher_dir(cfg: DictConfig) -> Path:
-    return cache_root(cfg) / "teacher" / teacher_key(cfg)
+    return cache_root(cfg.run) / "teacher" / teacher_key(cfg)
 
 
 def tokenizer_dir(cfg: DictConfig) -> Path:
@@ -136,15 +136,23 @@ def tokenizer_dir(cfg: DictConfig) -> Path:
         key["dataset"] = ds.name
         if ds.get("world"):
             key["world"] = OmegaConf.to_container(ds.world, resolve=True)
-    return cache_root(cfg) / "tokenizer" / runinfo.config_hash(key)
+    return cache_root(cfg.run) / "tokenizer" / runinfo.config_hash(key)
 
 
-def topk_cache_dir(cfg: DictConfig, key: str) -> Path:
-    return cache_root(cfg) / "teacher_topk" / key
+# Below a cache root (cache_root): the caches the trainer's and the recipes' wiring read (assemble.plan).
+def topk_root(cache: Path) -> Path:
+    """The top-k teacher caches, one directory per training.topk_cache.cache_key below it."""
+    return cache / "teacher_topk"
 
 
-def seqkd_root(cfg: DictConfig) -> Path:
-    return cache_root(cfg) / "seqkd"
+def seqkd_root(cache: Path) -> Path:
+    """SeqKD's teacher responses, one directory per cache key below it (training.recipes.seqkd)."""
+    return cache / "seqkd"
+
+
+def vllm_teacher_dir(cache: Path, key: str) -> Path:
+    """The teacher of `key` saved for a vLLM engine to load (when it has no checkpoint of its own)."""
+    return cache / "vllm-teacher" / key
 
 
 def asset_dir(spec: Optional[str]) -> Optional[Path]:

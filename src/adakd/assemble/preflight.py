@@ -392,7 +392,7 @@ def plan_from_config(cfg, tokenizer, device: torch.device, world_size: int = 1, 
     teacher = None
     t_shape = spec_shape(m.teacher, vocab) if need_teacher else None
     if need_teacher:
-        tdev = teacher_device(cfg, device)
+        tdev = teacher_device(cfg.model.teacher, device)
         teacher = Role(shape=t_shape, dtype_bytes=DTYPE_BYTES[load_dtype(m.teacher.dtype, tdev)], device=str(tdev))
     student = None
     if not evaluates_teacher:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig
@@ -16,22 +15,25 @@ from ..training.recipes import (ON_POLICY, AdaptiveProbability, BatchSource, Dis
 from .context import Context
 from .data import RunData, encoded_dev, encoded_train
 from .engine import open_policy_engine, open_teacher_engine
-from .identity import seqkd_root, teacher_key
+from .plan import JobPlan
+from .teacher import Teacher
 
 log = logging.getLogger(__name__)
 
 
-def student_policy_engine(cfg: DictConfig, student, tokenizer, run_dir: Path, device) -> PolicyEngine:
+def student_policy_engine(cfg: DictConfig, plan: JobPlan, student, tokenizer) -> PolicyEngine:
     """A vLLM engine for the student being trained, started at its first use (recipes' samples, dev
     validation), with room for a training sequence and for an evaluation prompt plus its answer."""
     need = max(int(cfg.dataset.max_len), int(cfg.eval.max_prompt_len) + int(cfg.eval.max_new_tokens))
-    return PolicyEngine(lambda: open_policy_engine(cfg, student, tokenizer, run_dir, device, need))
+    return PolicyEngine(lambda: open_policy_engine(cfg, student, tokenizer, plan.run_dir, plan.device, need))
 
 
-def build_recipe(cfg: DictConfig, *, student, teacher, tokenizer, data: RunData, ctx: Context, device,
-                 run_dir: Path, student_engine: Optional[PolicyEngine] = None) -> Optional[BatchSource]:
+def build_recipe(cfg: DictConfig, plan: JobPlan, *, student, teacher: Teacher, tokenizer, data: RunData,
+                 ctx: Context, student_engine: Optional[PolicyEngine] = None) -> Optional[BatchSource]:
     """`student_engine`: the vLLM engine that samples the student (shared with dev validation), used by the
-    on-policy recipes when they sample with vLLM."""
+    on-policy recipes when they sample with vLLM. Reads the method, dataset, train, eval, adakd and run
+    sections."""
+    run_dir = plan.run_dir
     recipe = cfg.method.recipe
     if recipe in ("offline", "sft"):
         return None
@@ -43,22 +45,22 @@ def build_recipe(cfg: DictConfig, *, student, teacher, tokenizer, data: RunData,
     sampling = Sampling.from_params(p, micro, engine)
     policy = None
     if recipe in ON_POLICY and engine == "vllm":
-        policy = student_engine or student_policy_engine(cfg, student, tokenizer, run_dir, device)
+        policy = student_engine or student_policy_engine(cfg, plan, student, tokenizer)
         policy.refresh_every = int(p["refresh_every"])
     if recipe == "gkd":
         return GKDSource(student=student, tokenizer=tokenizer, seed=int(cfg.train.seed), lam=float(p["lambda"]),
                          sampling=sampling, max_len=max_len, run_dir=run_dir, rank=rank, policy_engine=policy)
     if recipe == "distillm":
         n = int(p["val_samples"]) if p["val_samples"] else None
-        dev = encoded_dev(cfg, tokenizer, data, ctx, n) if data.dev else []
+        dev = encoded_dev(cfg.dataset, tokenizer, data, ctx, n) if data.dev else []
         val_every = int(p["val_every"] or 0)
         if not val_every:   # the released code: once per epoch (eval_interval -1)
-            n_train = len(encoded_train(cfg, tokenizer, data, ctx))
+            n_train = len(encoded_train(cfg.dataset, tokenizer, data, ctx))
             val_every = max(1, math.ceil(n_train / int(cfg.train.global_batch)))
         schedule = AdaptiveProbability(init=float(p["prob_init"]), step=float(p["prob_step"]),
                                        rise=float(p["val_loss_rise"]), maximum=float(p["prob_max"]),
                                        reference=str(p["val_reference"]))
-        return DistiLLMSource(student=student, teacher=teacher, tokenizer=tokenizer, seed=int(cfg.train.seed),
+        return DistiLLMSource(student=student, teacher=teacher.model, tokenizer=tokenizer, seed=int(cfg.train.seed),
                               dev=dev, divergence=str(cfg.method.divergence),
                               div_params=dict(cfg.method.get("params") or {}), schedule=schedule,
                               capacity=int(p["replay_capacity"]), replay_ratio=str(p["replay_ratio"]),
@@ -72,9 +74,9 @@ def build_recipe(cfg: DictConfig, *, student, teacher, tokenizer, data: RunData,
         open_engine = None
         if engine == "vllm":
             def open_engine():
-                return open_teacher_engine(cfg, teacher, tokenizer, ctx, run_dir, device)
-        return SeqKDSource(teacher=teacher, tokenizer=tokenizer, cache_root=seqkd_root(cfg),
-                           teacher_key=teacher_key(cfg), sampling=Sampling.from_params(p, 32, engine),
+                return open_teacher_engine(cfg, plan, teacher, tokenizer)
+        return SeqKDSource(teacher=teacher.model, tokenizer=tokenizer, cache_root=plan.caches.seqkd,
+                           teacher_key=plan.teacher_key, sampling=Sampling.from_params(p, 32, engine),
                            seed=int(p["seed"]), max_len=max_len, run_dir=run_dir, rank=rank,
                            progress=bool(cfg.run.progress), open_engine=open_engine)
     raise ValueError(f"unknown recipe {recipe!r}")

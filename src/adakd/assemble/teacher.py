@@ -7,8 +7,9 @@ import json
 import logging
 import shutil
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +22,7 @@ from ..tracking import NullLogger
 from ..training import distributed
 from ..training.loop import Trainer
 from ..training.schedule import seed_everything, total_steps
+from ..training.settings import train_settings
 from .construct import build_model, plain_model, prepare_for_training
 from .context import Context
 from .data import RunData, encoded_train
@@ -29,6 +31,14 @@ from .identity import asset_dir, finetuned_teacher_dir, teacher_key
 
 log = logging.getLogger(__name__)
 FINETUNED = "fine-tuned teacher cache"   # how the build lock's messages name it
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A job's teacher, loaded once (get_teacher): the frozen model and where it came from (source, path or
+    cache, recipe key, parameter count)."""
+    model: torch.nn.Module
+    info: Dict[str, Any]
 
 
 def shipped_teacher(cfg: DictConfig) -> Optional[Path]:
@@ -46,7 +56,7 @@ def shipped_teacher(cfg: DictConfig) -> Optional[Path]:
 def get_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device) -> Tuple[torch.nn.Module, Dict]:
     spec = cfg.model.teacher
     key = teacher_key(cfg)
-    tdev = teacher_device(cfg, device)   # optionally its own device
+    tdev = teacher_device(spec, device)   # optionally its own device
 
     def build():
         asset = shipped_teacher(cfg)
@@ -113,15 +123,16 @@ def finetune_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, de
     work = out.parent / f"{out.name}.work"
     work.mkdir(parents=True, exist_ok=True)
     seed_everything(int(ft.seed))
-    encoded = encoded_train(cfg, tokenizer, data, ctx)
+    encoded = encoded_train(cfg.dataset, tokenizer, data, ctx)
     total = total_steps(ft.steps, float(ft.epochs), len(encoded), int(ft.global_batch))
     method = OmegaConf.create({"name": "teacher-sft", "divergence": "none", "recipe": "sft", "kd_ratio": 0.0})
     log.info("fine-tuning the teacher (%d steps, cached in %s)", total, out)
-    trainer = Trainer(student=train_model, teacher=None, train_data=encoded,
-                      collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=None,
-                      method_cfg=method, train_cfg=ft, run_dir=work, logger=NullLogger(), device=device,
-                      total_steps=total, progress=cfg.run.progress,
-                      autocast_dtype=autocast_dtype(ft.precision, device), world_size=d.world_size, rank=d.rank)
+    settings = train_settings(ft, total_steps=total, method=method, progress=bool(cfg.run.progress),
+                              autocast_dtype=autocast_dtype(ft.precision, device), world_size=d.world_size,
+                              rank=d.rank)
+    trainer = Trainer(settings, student=train_model, teacher=None, train_data=encoded,
+                      collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=None, run_dir=work,
+                      logger=NullLogger(), device=device)
     result = trainer.train()
     model = plain_model(trainer, model, lambda: build_model(spec, tokenizer, device=torch.device("cpu")), spec)
     if d.is_main:

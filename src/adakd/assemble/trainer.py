@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Optional, Tuple
 
-import torch
 from omegaconf import DictConfig
 
-from .. import runinfo
 from ..data.prompts import collate_train
 from ..io import build_lock
 from ..kd.losses import build_divergence
@@ -20,35 +17,37 @@ from ..models import count_params, lm_parts
 from ..training import distributed
 from ..training.loop import Trainer
 from ..training.schedule import total_steps
+from ..training.settings import train_settings
 from ..training.teachers import CachedTeacher
 from ..training.topk_cache import TAIL_SENSITIVE, TeacherCache, build as build_topk, cache_key
 from ..training import val_plan
 from ..training.validation import Validator
 from .context import Context
 from .data import RunData, encoded_train, usable_dev
-from .devices import autocast_dtype
-from .identity import teacher_key, topk_cache_dir
+from .plan import JobPlan
 from .recipes import build_recipe, student_policy_engine
-from .teacher import get_teacher
+from .teacher import Teacher
 
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunData, ctx: Context, device, logger,
-                  *, with_teacher: bool = True) -> Tuple[Trainer, Optional[torch.nn.Module]]:
-    """(trainer, the teacher model or None). `with_teacher`: the task distils (else SFT)."""
-    encoded = encoded_train(cfg, tokenizer, data, ctx)
+def build_trainer(cfg: DictConfig, plan: JobPlan, student, tokenizer, data: RunData, ctx: Context, logger, *,
+                  teacher: Optional[Teacher] = None) -> Tuple[Trainer, val_plan.ValPlan]:
+    """(trainer, its dev validation plan: recorded in run_info.json). `teacher`: the job's teacher when it distils
+    (None: SFT). Reads the method, adakd, train, dataset, eval and run sections."""
+    device, run_dir = plan.device, plan.run_dir
+    encoded = encoded_train(cfg.dataset, tokenizer, data, ctx)
     total = total_steps(cfg.train.steps, float(cfg.train.epochs), len(encoded), int(cfg.train.global_batch))
-    teacher, objective = None, None
-    if with_teacher:
-        teacher, _ = get_teacher(cfg, tokenizer, data, ctx, device)
+    objective = None
+    teacher_model = teacher.model if teacher is not None else None
+    if teacher is not None:
         objective = build_objective(cfg.method, cfg.adakd, total_steps=total, impl=cfg.train.loss_impl,
                                     chunk_size=cfg.train.loss_chunk_size, seed=int(cfg.train.seed),
                                     teacher_cache=cfg.train.teacher_cache,
                                     logit_cache_mb=float(cfg.train.fused_logit_cache_mb),
                                     eos_id=tokenizer.eos_token_id)
     d = distributed.info()
-    amp = autocast_dtype(cfg.train.precision, device)
+    amp = plan.autocast
     student_vocab = int(lm_parts(student)[1].weight.shape[0])   # before any FSDP wrapping
     student_params = count_params(student)
     if cfg.train.fsdp and d.enabled:
@@ -61,34 +60,30 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
     elif d.enabled:
         distributed.broadcast_params(student)   # every replica starts from rank 0's weights, as DDP does
     # one vLLM engine samples the student for the recipe and for dev validation, when either uses vLLM
-    student_engine = student_policy_engine(cfg, student, tokenizer, run_dir, device)
-    batch_source = build_recipe(cfg, student=student, teacher=teacher, tokenizer=tokenizer, data=data, ctx=ctx,
-                                device=device, run_dir=run_dir, student_engine=student_engine) if with_teacher else None
+    student_engine = student_policy_engine(cfg, plan, student, tokenizer)
+    batch_source = build_recipe(cfg, plan, student=student, teacher=teacher, tokenizer=tokenizer, data=data, ctx=ctx,
+                                student_engine=student_engine) if teacher is not None else None
     if hasattr(batch_source, "train_data"):   # seqkd: the teacher's (cached) responses replace the dataset's
         encoded = batch_source.train_data(encoded)
-    teacher_source = teacher
+    teacher_source = teacher_model
     if teacher is not None and cfg.train.teacher_cache.enabled:   # off-policy: the teacher's top-k from disk
-        teacher_source = CachedTeacher(topk_cache(cfg, teacher, encoded, student_vocab=student_vocab,
-                                                  pad_id=tokenizer.pad_token_id, autocast=amp))
+        teacher_source = CachedTeacher(topk_cache(cfg, plan, teacher_model, encoded, student_vocab=student_vocab,
+                                                  pad_id=tokenizer.pad_token_id))
     steps_per_epoch = None if cfg.train.steps else max(1, math.ceil(len(encoded) / int(cfg.train.global_batch)))
-    plan = validation_plan(cfg, data, usable_dev(cfg, tokenizer, data, ctx), encoded, total, steps_per_epoch,
-                           student_params=student_params, teacher=teacher)
-    if plan.steps and d.is_main:
-        runinfo.add_to_run_info(run_dir, {"dev_validation_plan": plan.record()})
+    val = validation_plan(cfg, data, usable_dev(cfg, tokenizer, data, ctx), encoded, total, steps_per_epoch,
+                          student_params=student_params, teacher=teacher_model)
+    settings = train_settings(cfg.train, total_steps=total, method=cfg.method,
+                              telemetry_every=int(cfg.adakd.telemetry_every) if objective is not None else 0,
+                              progress=bool(cfg.run.progress), val_steps=frozenset(val.steps), autocast_dtype=amp,
+                              world_size=d.world_size, rank=d.rank)
     trainer = Trainer(
-        student=student, teacher=teacher_source, train_data=encoded,
-        collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective,
-        method_cfg=cfg.method, train_cfg=cfg.train, run_dir=run_dir, logger=logger, device=device,
-        total_steps=total, progress=cfg.run.progress, batch_source=batch_source,
-        telemetry_every=int(cfg.adakd.telemetry_every) if objective is not None else 0,
-        autocast_dtype=amp, world_size=d.world_size, rank=d.rank,
-        on_step_end=getattr(batch_source, "on_step_end", None),
-        validator=validator(cfg, tokenizer, data, ctx, teacher, plan,
-                            engine=student_engine if str(cfg.eval.engine) == "vllm" else None) if plan.steps else None,
-        val_steps=plan.steps,
-        select=str(cfg.train.select),
+        settings, student=student, teacher=teacher_source, train_data=encoded,
+        collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=objective, run_dir=run_dir,
+        logger=logger, device=device, batch_source=batch_source, on_step_end=getattr(batch_source, "on_step_end", None),
+        validator=validator(cfg, tokenizer, data, ctx, teacher_model, val,
+                            engine=student_engine if str(cfg.eval.engine) == "vllm" else None) if val.steps else None,
     )
-    return trainer, teacher
+    return trainer, val
 
 
 def validation_plan(cfg: DictConfig, data: RunData, dev: list, encoded: list, total: int,
@@ -103,7 +98,7 @@ def validation_plan(cfg: DictConfig, data: RunData, dev: list, encoded: list, to
         total_steps=total, global_batch=int(t.global_batch), train_len=mean_length(encoded), dev_len=mean_length(dev),
         student_params=student_params, teacher_params=teacher_params,
         teacher_in_training=teacher is not None and not t.teacher_cache.enabled,
-        teacher_in_validation=validation_divergence(cfg, teacher) is not None,
+        teacher_in_validation=validation_divergence(cfg.method, teacher) is not None,
         max_new_tokens=int(cfg.eval.max_new_tokens))
     plan = val_plan.plan(costs, total_steps=total, steps_per_epoch=steps_per_epoch, val_every=t.val_every,
                          val_samples=t.val_samples, val_examples=t.val_examples, dev_prompts=len(data.dev),
@@ -121,11 +116,11 @@ def mean_length(encoded) -> float:
     return sum(len(e["input_ids"]) for e in encoded) / len(encoded) if encoded else 0.0
 
 
-def validation_divergence(cfg: DictConfig, teacher):
+def validation_divergence(method: DictConfig, teacher):
     """The method's plain base divergence for val_kd (None: SFT, or a method without a divergence)."""
-    if teacher is None or cfg.method.divergence in (None, "none"):
+    if teacher is None or method.divergence in (None, "none"):
         return None
-    return build_divergence(str(cfg.method.divergence), **dict(cfg.method.get("params") or {}))
+    return build_divergence(str(method.divergence), **dict(method.get("params") or {}))
 
 
 def validator(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, teacher, plan: val_plan.ValPlan,
@@ -138,14 +133,14 @@ def validator(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, teacher, 
                                     "batch_size", "max_prompt_len", "prompt_truncation", "chat_template")}
     return Validator(encoded=usable_dev(cfg, tokenizer, data, ctx)[:plan.examples],
                      examples=list(data.dev[:plan.samples]),
-                     tokenizer=tokenizer, teacher=teacher, divergence=validation_divergence(cfg, teacher),
+                     tokenizer=tokenizer, teacher=teacher, divergence=validation_divergence(cfg.method, teacher),
                      generation=generation,
                      seed=int(e.seeds[0]), batch_size=int(cfg.train.micro_batch),
                      chunk_size=int(cfg.train.loss_chunk_size), engine=engine)
 
 
-def topk_cache(cfg: DictConfig, teacher, examples, *, student_vocab: int, pad_id: int,
-               autocast: Optional[torch.dtype]) -> TeacherCache:
+def topk_cache(cfg: DictConfig, plan: JobPlan, teacher, examples, *, student_vocab: int,
+               pad_id: int) -> TeacherCache:
     """The top-k cache of (teacher, these training sequences, k): built by rank 0 if missing, then opened."""
     tc = cfg.train.teacher_cache
     if cfg.method.divergence in TAIL_SENSITIVE and str(tc.form) == "buckets":
@@ -159,14 +154,14 @@ def topk_cache(cfg: DictConfig, teacher, examples, *, student_vocab: int, pad_id
     k = min(int(tc.k), vocab - 1)
     if k != int(tc.k):
         log.warning("train.teacher_cache.k=%d >= the vocabulary (%d): using k=%d", tc.k, vocab, k)
-    key = teacher_key(cfg)
-    path = topk_cache_dir(cfg, cache_key(key, examples, k, vocab))
+    key = plan.teacher_key
+    path = plan.caches.topk / cache_key(key, examples, k, vocab)
     if not (path / "meta.json").exists() and distributed.info().is_main:
         with build_lock(path, "top-k teacher cache"):   # another command may be building the same cache
             if not (path / "meta.json").exists():
                 build_topk(teacher, examples, path, k=k, vocab=vocab, pad_id=pad_id,
                            device=next(teacher.parameters()).device, batch_size=int(cfg.train.micro_batch),
-                           chunk_size=int(cfg.train.loss_chunk_size), autocast_dtype=autocast,
+                           chunk_size=int(cfg.train.loss_chunk_size), autocast_dtype=plan.autocast,
                            progress=bool(cfg.run.progress), extra_meta={"teacher": key})
     distributed.barrier()
     cache = TeacherCache(path)

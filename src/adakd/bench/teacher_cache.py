@@ -55,6 +55,7 @@ from adakd.schema import AdakdConfig, MethodConfig, TrainConfig
 from adakd.tracking import NullLogger
 from adakd.training.forward import head_logits, hidden_at, response_positions
 from adakd.training.loop import Trainer
+from adakd.training.settings import train_settings
 from adakd.training.teachers import CachedTeacher
 from adakd.training.topk_cache import build, bytes_per_token, TeacherCache
 
@@ -226,13 +227,14 @@ def speed(setup: dict[str, Any], k: int, steps: int, tmp: Path) -> dict[str, Any
     tcfg = OmegaConf.structured(TrainConfig(global_batch=mb, micro_batch=mb, steps=10 ** 6, lr=1e-4))
     method = OmegaConf.structured(MethodConfig(divergence="rkl"))
 
+    settings = train_settings(tcfg, total_steps=10 ** 6, method=method, progress=False)
+
     def common(name):
         return {"student": copy.deepcopy(setup["speed_student"]).train(), "train_data": data,
-                "collate": lambda b: collate_train(b, pad), "method_cfg": method, "train_cfg": tcfg,
-                "logger": NullLogger(), "device": torch.device("cpu"), "total_steps": 10 ** 6, "progress": False,
+                "collate": lambda b: collate_train(b, pad), "logger": NullLogger(), "device": torch.device("cpu"),
                 "run_dir": tmp / name, "objective": build_objective(method, AdakdConfig(), total_steps=10 ** 6)}
-    live = Trainer(teacher=teacher, **common("live"))
-    cached = Trainer(teacher=CachedTeacher(cache), **common("cached"))
+    live = Trainer(settings, teacher=teacher, **common("live"))
+    cached = Trainer(settings, teacher=CachedTeacher(cache), **common("cached"))
     for tr in (live, cached):
         tr.run_dir.mkdir(parents=True, exist_ok=True)
         tr._one_step(False)   # warm-up

@@ -28,7 +28,7 @@ from ..kd.losses.sparse import FORMS, TAIL_MODES
 from ..kd.objective import IMPLS as LOSS_IMPLS
 from ..models import ModelLoadError, check_local_or_hub, check_model_dir
 from ..models.lora import KEYS as LORA_KEYS
-from ..training.loop import NONFINITE_POLICIES, SELECTIONS
+from ..training.settings import NONFINITE_POLICIES, SELECTIONS
 from ..training.recipes import ON_POLICY, RECIPES, check_recipe_params
 from ..training import val_plan
 from ..training.schedule import LR_SCHEDULES
@@ -40,6 +40,8 @@ from ..assemble.identity import model_path
 from ..evaluation.generation import TRUNCATION_SIDES
 from ..evaluation.vllm_engine import engine_errors
 from ..schema import RunConfig, TrainConfig
+from ..schema.adakd import RANGES as ADAKD_RANGES
+from ..schema.ranges import Range
 from .tasks import BASELINES, STAGES
 
 DEVICE = r"auto|cpu|cuda(:\d+)?"
@@ -63,15 +65,14 @@ def _choice(errors: List[str], key: str, value, valid) -> None:
 
 
 def _range(errors: List[str], key: str, value, lo=None, hi=None, lo_open=False, hi_open=False) -> None:
+    _in(errors, key, value, Range(lo, hi, lo_open, hi_open))
+
+
+def _in(errors: List[str], key: str, value, valid: Range) -> None:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return   # non-finite values are refused by _finite, with one message
-    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or \
-          (hi is not None and (value >= hi if hi_open else value > hi))
-    if bad:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        errors.append(f"{key}={value} is out of range {lb}{lo if lo is not None else '-inf'}, "
-                      f"{hi if hi is not None else 'inf'}{rb}")
+    if value not in valid:
+        errors.append(f"{key}={value} is out of range {valid.text()}")
 
 
 def _unknown(errors: List[str], key: str, given, valid) -> None:
@@ -133,18 +134,9 @@ def validate_config(cfg: DictConfig) -> None:
     _choice(e, "adakd.ratio_schedule", a.ratio_schedule, RATIO_SCHEDULES)
     _choice(e, "adakd.temperature", a.temperature, TEMPERATURES)
     _choice(e, "adakd.direction", a.direction, DIRECTIONS)
-    _range(e, "adakd.ratio_start", a.ratio_start, 0.0, 1.0, lo_open=True)
-    _range(e, "adakd.ratio_end", a.ratio_end, 0.0, 1.0, lo_open=True)
-    _range(e, "adakd.ratio_min", a.ratio_min, 0.0, 1.0, lo_open=True)
-    _range(e, "adakd.ema_beta", a.ema_beta, 0.0, 1.0, hi_open=True)
-    _range(e, "adakd.warmup_frac", a.warmup_frac, 0.0, 1.0)
-    _range(e, "adakd.epsilon", a.epsilon, 0.0, None)
-    _range(e, "adakd.delta", a.delta, 0.0, 1.0, hi_open=True)
-    _range(e, "adakd.c", a.c, 0.0, None)
-    _range(e, "adakd.tau_base", a.tau_base, 0.0, None, lo_open=True)
-    if a.end_tau is not None:
-        _range(e, "adakd.end_tau", a.end_tau, 0.0, None, lo_open=True)
-    _range(e, "adakd.nmtkd_k", a.nmtkd_k, 1, None)
+    for key, valid in ADAKD_RANGES.items():
+        if a[key] is not None:   # an optional setting (adakd.end_tau) left unset has no range to be in
+            _in(e, f"adakd.{key}", a[key], valid)
     _choice(e, "train.loss_impl", t.loss_impl, LOSS_IMPLS)
     _choice(e, "train.schedule", t.schedule, LR_SCHEDULES)
     _choice(e, "train.nonfinite", t.nonfinite, NONFINITE_POLICIES)
@@ -183,9 +175,6 @@ def validate_config(cfg: DictConfig) -> None:
     _range(e, "eval.no_repeat_ngram_size", ev.no_repeat_ngram_size, 0, None)
     _choice(e, "eval.prompt_truncation", ev.prompt_truncation, TRUNCATION_SIDES)
     e += engine_errors(ev) + sampling_engine_errors(cfg) + val_plan.setting_errors(t)
-    _range(e, "adakd.telemetry_every", a.telemetry_every, 0, None)
-    _range(e, "adakd.ctkd_ramp_frac", a.ctkd_ramp_frac, 0.0, 1.0)
-    _range(e, "adakd.ctkd_tau_min", a.ctkd_tau_min, 0.0, None, lo_open=True)
     name = cfg.run.name
     if name is not None and (not re.fullmatch(RUN_NAME, str(name)) or ".." in str(name)):
         e.append(f"run.name={name!r} must be one plain name (letters, digits, . _ + = -; at most 100 characters; "

@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 
 from ..kd.losses import DIVERGENCES
 from ..schema import RunConfig
-from ..training.recipes import RECIPE_DEFAULTS
+from ..schema.recipes import RECIPE_PARAMS, defaults
 
 
 def register_configs() -> None:
@@ -22,5 +22,5 @@ def register_configs() -> None:
     cs.store(name="adakd_schema", node=RunConfig)
     for name, cls in DIVERGENCES.items():
         cs.store(group="method/params", name=name, node=dict(cls.defaults))
-    for name, params in RECIPE_DEFAULTS.items():
-        cs.store(group="method/recipe_params", name=name, node=dict(params))
+    for name in RECIPE_PARAMS:
+        cs.store(group="method/recipe_params", name=name, node=defaults(name))

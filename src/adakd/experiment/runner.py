@@ -2,9 +2,10 @@
 
 Read as a checklist: validate the config; expand it into jobs (its baseline rows, then itself:
 experiment.tasks); for each job, skip it if its run directory holds a finished result, else execute it:
-read the data (bad input fails in seconds, with the file and line), build the tokenizer, check the memory,
-build the model to evaluate (teacher, untrained student, or a student trained by SFT or distillation),
-evaluate it, write the results atomically. Then print the command's table.
+resolve it once (assemble.plan), read the data (bad input fails in seconds, with the file and line), build the
+tokenizer, check the memory, build the model to evaluate (teacher, untrained student, or a student trained by
+SFT or distillation; the teacher loaded once), evaluate it, write run_info.json and metrics.json, once each.
+Then print the command's table.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from ..assemble.devices import pick_device
 from ..assemble.engine import open_eval_engine
 from ..assemble.preflight import check_lengths, check_run
 from ..assemble.student import export_student, get_student
-from ..assemble.teacher import ensure_teacher, get_teacher
+from ..assemble.plan import JobPlan
+from ..assemble.teacher import Teacher, ensure_teacher, get_teacher
 from ..assemble.tokenizer import get_tokenizer
 from ..assemble.trainer import build_trainer
 from ..evaluation.evaluate import evaluate_model, prompt_token_lengths
@@ -65,11 +67,7 @@ def run(cfg: DictConfig, ctx: Optional[Context] = None) -> Dict[str, Any]:
         m = run_job(job, ctx)
         rows[job.baseline] = {"label": BASELINE_LABELS[job.baseline], "rougeL": m["rougeL"], "avg": m["avg"],
                               "dir": m["run"]["dir"]}
-    metrics = run_job(main, ctx)
-    if rows:
-        metrics["baselines"] = rows
-        if distributed.info().is_main:
-            atomic_write_json(main.run_dir / "metrics.json", metrics)
+    metrics = run_job(main, ctx, baselines=rows)
     if not distributed.info().is_main:   # rank 0 reports
         return metrics
     if cfg.run.print_table:
@@ -78,16 +76,17 @@ def run(cfg: DictConfig, ctx: Optional[Context] = None) -> Dict[str, Any]:
     return metrics
 
 
-def run_job(job: Job, ctx: Context) -> Dict[str, Any]:
+def run_job(job: Job, ctx: Context, baselines: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """A finished run is read back; an unfinished one is executed (resuming its last checkpoint). The run
-    directory is held by this process meanwhile (rank 0 under torchrun): a second process refuses at once."""
+    directory is held by this process meanwhile (rank 0 under torchrun): a second process refuses at once.
+    `baselines`: the rows of the command's baseline jobs, recorded in the main job's metrics.json."""
     if not distributed.info().is_main:
-        return _run_or_reuse(job, ctx)
+        return _run_or_reuse(job, ctx, baselines or {})
     with hold_directory(job.run_dir):
-        return _run_or_reuse(job, ctx)
+        return _run_or_reuse(job, ctx, baselines or {})
 
 
-def _run_or_reuse(job: Job, ctx: Context) -> Dict[str, Any]:
+def _run_or_reuse(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]:
     reuse = False
     if distributed.info().is_main and is_finished(job.run_dir):
         metrics = read_json(job.run_dir / "metrics.json")
@@ -100,21 +99,27 @@ def _run_or_reuse(job: Job, ctx: Context) -> Dict[str, Any]:
     # Under torchrun rank 0 decides (a rank must not skip a run whose collectives the others enter).
     if distributed.broadcast_object(reuse):
         log.info("finished run found, skipping: %s", job.run_dir)
-        return read_json(job.run_dir / "metrics.json")
-    return execute(job, ctx)
+        metrics = read_json(job.run_dir / "metrics.json")
+        if baselines and metrics.get("baselines") != baselines:
+            # the same run under another run.baselines (not part of its identity): the rows it is shown with now
+            metrics["baselines"] = baselines
+            if distributed.info().is_main:
+                write_metrics(job.run_dir, metrics)
+        return metrics
+    return execute(job, ctx, baselines)
 
 
-def cpu_threads(cfg: DictConfig) -> Optional[int]:
+def cpu_threads(train: DictConfig) -> Optional[int]:
     """The torch CPU thread count a job runs with (None on CUDA, where the count does not change results)."""
-    if str(cfg.train.device).startswith("cuda") or (cfg.train.device == "auto" and torch.cuda.is_available()):
+    if str(train.device).startswith("cuda") or (train.device == "auto" and torch.cuda.is_available()):
         return None
-    return int(cfg.train.threads) if cfg.train.threads else torch.get_num_threads()
+    return int(train.threads) if train.threads else torch.get_num_threads()
 
 
 def check_thread_count(job: Job, recorded: Optional[int]) -> None:
     """On a CPU the thread count changes the order of float reductions, hence the trained weights and the
     samples: a run computed with one count is not reused (or resumed) with another."""
-    now = cpu_threads(job.cfg)
+    now = cpu_threads(job.cfg.train)
     if recorded is not None and now is not None and int(recorded) != now:
         raise ConfigError(f"{job.run_dir} was computed with {recorded} CPU thread(s) and this process would use "
                           f"{now}: results depend on the thread count, so it is not reused. Pass "
@@ -132,24 +137,34 @@ def changed_benchmark_files(metrics: Dict[str, Any]) -> list:
     return changed
 
 
-def execute(job: Job, ctx: Context) -> Dict[str, Any]:
-    cfg, task, run_dir = job.cfg, job.task, job.run_dir
+def write_metrics(run_dir: Path, metrics: Dict[str, Any]) -> None:
+    """metrics.json, a run's result: written once, when the run is finished (its presence marks it finished),
+    or again only to record new baseline rows beside a reused result."""
+    atomic_write_json(run_dir / "metrics.json", metrics)
+
+
+def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]:
+    cfg = job.cfg
     dist = distributed.info()
     t_start = time.time()
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
-    device = dist.device if dist.enabled else pick_device(cfg.train.device)
+    # run_info.json: what the run is computed with, taken now, and what it cost; written once, beside metrics.json
+    run_info = runinfo.provenance()
+    plan = job.plan(dist.device if dist.enabled else pick_device(cfg.train.device), cpu_threads(cfg.train))
+    run_dir, device = plan.run_dir, plan.device
     seed_everything(int(cfg.train.seed))
 
     # Data first: malformed files fail here, before any model is built and before anything is written.
-    data = run_data(cfg, ctx)
+    data = run_data(cfg.dataset, ctx)
     benchmarks, data_files = build_benchmarks(cfg, data)
-    tokenizer = get_tokenizer(cfg, data, ctx, roles=task.roles)
-    does = {"trains": task.trains, "distils": task.distils, "evaluates_teacher": task.evaluates == "teacher"}
+    tokenizer = get_tokenizer(cfg, data, ctx, roles=plan.roles)
+    does = {"trains": plan.trains, "distils": plan.distils, "evaluates_teacher": plan.evaluates_teacher}
     # every sequence of the run vs the positions of the models that see it, from their configs alone
-    trains_a_model = task.trains or (task.uses_teacher(cfg) and bool(cfg.model.teacher.finetune))
-    train_lengths = [len(e["input_ids"]) for e in encoded_train(cfg, tokenizer, data, ctx)] if trains_a_model else []
-    if task.trains:
+    trains_a_model = plan.trains or (plan.uses_teacher and bool(cfg.model.teacher.finetune))
+    train_lengths = ([len(e["input_ids"]) for e in encoded_train(cfg.dataset, tokenizer, data, ctx)]
+                     if trains_a_model else [])
+    if plan.trains:
         usable_dev(cfg, tokenizer, data, ctx)   # dev validation needs a dev example within the limits
     check_lengths(cfg, tokenizer, train_lengths, prompt_token_lengths(tokenizer, benchmarks, cfg.eval), **does)
     if cfg.train.preflight:   # memory needed vs the device's, from the model configs alone: before any weights
@@ -157,33 +172,44 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        runinfo.write_run_info(run_dir, cfg)
     if dist.enabled:
         # A teacher still to be fine-tuned is trained by all ranks together (and cached), before any task
         # that runs on rank 0 alone needs it.
-        if task.uses_teacher(cfg):
+        if plan.uses_teacher:
             ensure_teacher(cfg, tokenizer, data, ctx, device)
-        if not dist.is_main and not task.trains:
+        if not dist.is_main and not plan.trains:
             distributed.barrier()   # evaluation-only tasks run on rank 0; wait for its results
             return read_json(run_dir / "metrics.json")
+
+    def load_teacher() -> Teacher:   # loaded (or fine-tuned) where the job first needs it, once
+        return Teacher(*get_teacher(cfg, tokenizer, data, ctx, device))
 
     logger = make_logger(cfg.logger, run_dir, run_id=run_dir.name, name=run_dir.name,
                          config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else NullLogger()
     exit_code = 1
     try:
         train_summary: Dict[str, Any] = {}
-        if task.evaluates == "teacher":
-            model, model_info = get_teacher(cfg, tokenizer, data, ctx, device)
+        if plan.evaluates_teacher:
+            teacher = load_teacher()
+            model, model_info = teacher.model, teacher.info
         else:
-            model, model_info = get_student(cfg, tokenizer, ctx, device, for_training=task.trains)
-            if task.trains:
-                train_summary, model = train(job, model, tokenizer, data, ctx, device, logger)
+            # a pruned student is cut from the teacher; else the teacher loads after the student is built (a LoRA
+            # student's adapters draw their initial weights from the global generator the fine-tune moves)
+            teacher = load_teacher() if cfg.model.student.source == "pruned" else None
+            model, model_info = get_student(cfg.model.student, tokenizer, device,
+                                            teacher=teacher.model if teacher is not None else None,
+                                            for_training=plan.trains, sharded=bool(cfg.train.fsdp) and dist.enabled)
+            if plan.trains:
+                if plan.distils and teacher is None:
+                    teacher = load_teacher()
+                train_summary, model, train_costs = train(cfg, plan, model, teacher, tokenizer, data, ctx, logger)
+                run_info.update(train_costs)
         if not dist.is_main:   # only rank 0 evaluates and writes results
             exit_code = 0
             distributed.barrier()
             return read_json(run_dir / "metrics.json")
         t_eval = time.time()
-        engine = open_eval_engine(cfg, task.evaluates, model, tokenizer, model_info, run_dir, device)
+        engine = open_eval_engine(cfg, plan, model, tokenizer, model_info)
         try:
             results = evaluate_model(model, tokenizer, benchmarks, cfg.eval, run_dir, device=str(device),
                                      model_info=model_info, data_files=data_files, progress=cfg.run.progress,
@@ -193,19 +219,21 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
                 engine.close()
         eval_seconds = time.time() - t_eval
         if "engine" in results:   # start-up apart from generation, tokens/s
-            runinfo.add_to_run_info(run_dir, {"eval_engine": results["engine"]})
+            run_info["eval_engine"] = results["engine"]
         metrics = {
             "status": "ok",
             "rougeL": results["rougeL"],
             "avg": results["avg"],
             "protocol": results.get("protocol", {}),
-            "run": {"name": task.run_name(cfg), "dir": str(run_dir), "task": task.name, "stage": cfg.run.stage,
-                    "method": cfg.method.name, "adakd": adakd_label(cfg), "cpu_threads": cpu_threads(cfg),
+            "run": {"name": plan.name, "dir": str(run_dir), "task": job.task.name, "stage": cfg.run.stage,
+                    "method": cfg.method.name, "adakd": adakd_label(cfg.adakd), "cpu_threads": plan.cpu_threads,
                     "eval_seconds": round(eval_seconds, 2),
                     **({"eval_engine": results["engine"]} if "engine" in results else {}),
                     "total_seconds": round(time.time() - t_start, 2), **train_summary},
+            **({"baselines": baselines} if baselines else {}),
         }
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        atomic_write_json(run_dir / "run_info.json", run_info)
+        write_metrics(run_dir, metrics)
         log_results(logger, metrics, run_dir)
         exit_code = 0
         distributed.barrier()
@@ -214,11 +242,13 @@ def execute(job: Job, ctx: Context) -> Dict[str, Any]:
         logger.finish(exit_code=exit_code)
 
 
-def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
-    """Train the job's student (SFT or distillation), save it; returns (summary, the trained model)."""
-    cfg, run_dir = job.cfg, job.run_dir
-    trainer, _ = build_trainer(cfg, run_dir, student, tokenizer, data, ctx, device, logger,
-                               with_teacher=job.task.distils)
+def train(cfg: DictConfig, plan: JobPlan, student, teacher: Optional[Teacher], tokenizer, data, ctx: Context,
+          logger):
+    """Train the job's student (SFT, or distillation from `teacher`), save it; returns (summary for metrics.json,
+    the trained model, what the training cost beside its results for run_info.json)."""
+    run_dir = plan.run_dir
+    trainer, val_plan = build_trainer(cfg, plan, student, tokenizer, data, ctx, logger,
+                                      teacher=teacher if plan.distils else None)
     try:
         result = trainer.train()
     finally:   # a vLLM engine sampling the student frees its memory before evaluation starts its own
@@ -238,14 +268,17 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
             log.warning("train.select=best_dev but no validation scored ROUGE-L: the last student is used")
         selected.update(step=best if best is not None else result.steps, dev_rougeL=result.best_rougeL)
     # FSDP shards gathered (rank 0 gets the model, the others None), LoRA adapters merged.
-    student = export_student(cfg, trainer, student, tokenizer, ctx, device)
+    student = export_student(cfg.model.student, trainer, student, tokenizer, plan.device,
+                             teacher=teacher.model if teacher is not None else None)
     if student is not None:
         save_model(student, tokenizer, run_dir / "model",
                    extra={"run": run_dir.name, "steps": result.steps, "method": cfg.method.name,
                           "selected": selected})
-    # what the run cost beside its provenance: dev validation's seconds, a sampling engine's start-up and refreshes
-    runinfo.add_to_run_info(run_dir, {"dev_eval_seconds": result.val_seconds,
-                                      **({"sampling_engine": sampling_engine} if sampling_engine else {})})
+    # what the run cost beside its provenance: the dev validation plan and its seconds, a sampling engine's
+    # start-up and refreshes
+    costs = {**({"dev_validation_plan": val_plan.record()} if val_plan.steps else {}),
+             "dev_eval_seconds": result.val_seconds,
+             **({"sampling_engine": sampling_engine} if sampling_engine else {})}
     # the resolved objective and recipe parameters (the configs hold only what differs from the defaults)
     return {"steps": result.steps, "final_loss": result.final_loss, "train_seconds": round(result.seconds, 2),
             "dev_eval_seconds": result.val_seconds, "selected": selected,
@@ -253,7 +286,7 @@ def train(job: Job, student, tokenizer, data, ctx: Context, device, logger):
             "resumed_from": result.resumed_from, "skipped_steps": result.skipped_steps,
             "world_size": trainer.world_size, "objective": repr(trainer.objective) if trainer.objective else None,
             "recipe_params": recipe_params(cfg.method.recipe, cfg.method.get("recipe_params")),
-            **({"sampling_engine": sampling_engine} if sampling_engine else {})}, student
+            **({"sampling_engine": sampling_engine} if sampling_engine else {})}, student, costs
 
 
 def log_results(logger, metrics: Dict[str, Any], run_dir: Path) -> None:

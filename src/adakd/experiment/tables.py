@@ -226,7 +226,7 @@ def collect(table: str, scale: Optional[str] = None, overrides: Sequence[str] = 
         want = [b for b in (spec.get("avg_over") or []) if b in benches]
         default_scale = spec.get("default_scale", "cpu")
         suffix = "" if not scale or scale in ("none", default_scale) else f"-{scale}"
-        out_stem = output_root(base) / "tables" / f"{table}{suffix}"
+        out_stem = output_root(base.run) / "tables" / f"{table}{suffix}"
         return Table(name=table, preset=preset, scale=scale, spec=spec, rows=rows, benches=benches,
                      avg_over=want or benches, out_stem=out_stem, model=str(base.model.name),
                      seeds=list(base.eval.seeds), logger_cfg=base.logger, train_seeds=seeds)

@@ -17,12 +17,15 @@ the same run whatever method or AdaKD setting trains the student, the SFT row wh
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..assemble.identity import run_dir
+from ..assemble.plan import JobPlan, plan_job
 from ..io import read_json
 
 STAGES = ("train", "eval_teacher", "eval_init")     # run.stage
@@ -44,9 +47,10 @@ class Task:
             return ("teacher",)
         return ("teacher", "student") if self.distils else ("student",)
 
-    def uses_teacher(self, cfg: DictConfig) -> bool:
-        """Whether the teacher model is needed (to distil from, to evaluate, or to prune the student from)."""
-        return self.distils or self.evaluates == "teacher" or cfg.model.student.source == "pruned"
+    def uses_teacher(self, student) -> bool:
+        """Whether the teacher model is needed (to distil from, to evaluate, or to prune the `student` spec
+        from)."""
+        return self.distils or self.evaluates == "teacher" or student.source == "pruned"
 
     def run_name(self, cfg: DictConfig) -> str:
         if cfg.run.name:
@@ -57,14 +61,14 @@ class Task:
             return f"student-init-{cfg.model.name}"
         if self is SFT:
             return f"sft-{cfg.model.name}"
-        return f"{cfg.method.name}-{adakd_label(cfg)}-{cfg.model.name}"
+        return f"{cfg.method.name}-{adakd_label(cfg.adakd)}-{cfg.model.name}"
 
     def label(self, cfg: DictConfig) -> str:
         """The row label in a run's printed table."""
         if self is SFT:
             return "student SFT"
         if self is DISTIL:
-            tag = adakd_label(cfg)
+            tag = adakd_label(cfg.adakd)
             return f"student {cfg.method.name}" + ("" if tag == "plain" else f" + {tag}")
         return self.run_name(cfg)
 
@@ -92,9 +96,10 @@ def task_of(cfg: DictConfig) -> Task:
     return SFT if cfg.method.recipe == "sft" else DISTIL
 
 
-def adakd_label(cfg: DictConfig) -> str:
+def adakd_label(adakd: DictConfig) -> str:
+    """What of AdaKD the adakd section turns on, as run names and tables call it."""
     return {(True, True): "adakd", (True, False): "latf", (False, True): "idts", (False, False): "plain"}[
-        (bool(cfg.adakd.latf), bool(cfg.adakd.idts))]
+        (bool(adakd.latf), bool(adakd.idts))]
 
 
 @dataclass
@@ -104,9 +109,16 @@ class Job:
     cfg: DictConfig
     baseline: str = ""
 
-    @property
+    @cached_property
     def run_dir(self) -> Path:
         return self.task.run_dir(self.cfg)
+
+    def plan(self, device: torch.device, cpu_threads: Optional[int]) -> JobPlan:
+        """The job resolved once for its build functions (assemble.plan), on the device it runs on."""
+        t, cfg = self.task, self.cfg
+        return plan_job(cfg, name=t.run_name(cfg), run_dir=self.run_dir, trains=t.trains, distils=t.distils,
+                        evaluates=t.evaluates, roles=t.roles, uses_teacher=t.uses_teacher(cfg.model.student), device=device,
+                        cpu_threads=cpu_threads)
 
 
 def run_dir_for(cfg: DictConfig) -> Path:

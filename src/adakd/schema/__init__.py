@@ -5,7 +5,8 @@ only what differs from these defaults. One module per config group (model, datas
 eval, logger, run). A typo in an override (`adakd.idst=true`) or a value of the wrong type fails at
 composition with a message naming the key (the schema is registered with Hydra by `schema.store`); an
 unknown group option (`method=fkll`) fails listing the valid options. Value checks (ranges, choices) are
-in adakd.experiment.config_check, which reads each list of choices from the module that defines it.
+in adakd.experiment.config_check, which reads each list of choices from the module that defines it and each
+range from where it is written once (`adakd.RANGES`; the recipes' parameters, typed in `recipes`).
 """
 from __future__ import annotations
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
+
+from .ranges import Range
 
 
 @dataclass
@@ -43,3 +45,25 @@ class AdakdConfig:
     ctkd_tau_min: float = 0.1
     # How often (in optimizer steps) to collect tensor telemetry (tau histograms, entropies).
     telemetry_every: int = 50
+
+
+# A token-selection ratio: the share of tokens kept (some token always is).
+RATIO = Range(0.0, 1.0, lo_open=True)
+# The valid values of the numeric settings, written once: experiment.config_check checks a config against them,
+# the kd.adaptive constructors their arguments.
+RANGES: Dict[str, Range] = {
+    "ratio_start": RATIO,
+    "ratio_end": RATIO,
+    "ratio_min": RATIO,
+    "ema_beta": Range(0.0, 1.0, hi_open=True),
+    "warmup_frac": Range(0.0, 1.0),
+    "epsilon": Range(0.0),
+    "delta": Range(0.0, 1.0, hi_open=True),
+    "c": Range(0.0),
+    "tau_base": Range(0.0, lo_open=True),
+    "end_tau": Range(0.0, lo_open=True),
+    "nmtkd_k": Range(1),
+    "telemetry_every": Range(0),
+    "ctkd_ramp_frac": Range(0.0, 1.0),
+    "ctkd_tau_min": Range(0.0, lo_open=True),
+}

@@ -19,5 +19,5 @@ class MethodConfig:
     kd_ratio: float = 1.0
     # Parameters forwarded to the divergence (alpha, beta, mu, ...); validated by the divergence.
     params: Dict[str, Any] = field(default_factory=dict)
-    # Parameters of the data recipe (gkd / distillm / seqkd); validated by the recipe.
+    # Parameters of the data recipe (gkd / distillm / seqkd): typed, with their defaults, in schema.recipes.
     recipe_params: Dict[str, Any] = field(default_factory=dict)

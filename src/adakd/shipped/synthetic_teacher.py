@@ -40,7 +40,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else Path(str(resources.files("adakd"))) / "assets" / "synthetic-teacher"
     ctx = Context()
-    data = run_data(cfg, ctx)
+    data = run_data(cfg.dataset, ctx)
     tok = get_tokenizer(cfg, data, ctx)
     t0 = time.time()
     get_teacher(cfg, tok, data, ctx, torch.device("cpu"))   # trains into the cache (resumable), then loads

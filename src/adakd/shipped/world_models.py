@@ -65,6 +65,7 @@ from ..models import (file_sha256, load_tokenizer, model_from_arch, save_model, 
 from ..schema import TrainConfig
 from ..tracking import NullLogger
 from ..training.loop import Trainer
+from ..training.settings import train_settings
 from ..training.validation import dev_losses
 from ..experiment.config_store import register_configs
 
@@ -198,10 +199,10 @@ def pretrain(name: str, recipe: Dict[str, Any], world_spec: Dict[str, Any], toke
                                    "kd_ratio": 0.0})
         log.info("pretraining %s (%d steps of %d x %d tokens)", name, cfg.steps, cfg.global_batch,
                  recipe["seq_len"])
-        trainer = Trainer(student=model, teacher=None, train_data=list(train),
+        trainer = Trainer(train_settings(cfg, total_steps=int(cfg.steps), method=method, progress=progress),
+                          student=model, teacher=None, train_data=list(train),
                           collate=lambda b: collate_train(b, tokenizer.pad_token_id), objective=None,
-                          method_cfg=method, train_cfg=cfg, run_dir=work / "run", logger=NullLogger(),
-                          device=torch.device("cpu"), total_steps=int(cfg.steps), progress=progress)
+                          run_dir=work / "run", logger=NullLogger(), device=torch.device("cpu"))
         result = trainer.train()
         loss = lm_loss(model, heldout, tokenizer.pad_token_id)
         extra = {"name": name, "recipe_hash": h, "recipe": key, "seed": spec["init_seed"],
@@ -239,7 +240,7 @@ def finetune(out: Path, work: Path, threads: int, quick: bool, progress: bool) -
     root = work / f"finetune-{file_sha256(base / 'model.safetensors')[:16]}"
     cfg = compose_world([*common, *where, "model.teacher_asset=null", f"run.output_root={root}"])
     ctx = Context()
-    data = run_data(cfg, ctx)
+    data = run_data(cfg.dataset, ctx)
     tok = get_tokenizer(cfg, data, ctx)
     get_teacher(cfg, tok, data, ctx, torch.device("cpu"))   # fine-tunes into the cache (resumable), loads it
     dst = out / "world-teacher"

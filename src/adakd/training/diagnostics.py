@@ -39,8 +39,9 @@ def bad_rows(what: str, bad: torch.Tensor, where: List[List[int]], targets: List
 
 @torch.no_grad()
 def token_diagnostic(student: nn.Module, teacher: Optional[nn.Module], batch: Dict[str, torch.Tensor],
-                     device: torch.device, teacher_device: torch.device, method: Any) -> str:
-    """Which response tokens carry non-finite logits or a non-finite per-token divergence."""
+                     device: torch.device, teacher_device: torch.device, divergence: Optional[str],
+                     params: Dict[str, Any]) -> str:
+    """Which response tokens carry non-finite logits or a non-finite per-token `divergence` (with `params`)."""
     batch = {k: v.to(device) for k, v in batch.items()}
     targets, mask = response_positions(batch["labels"])
     where = mask.nonzero().tolist()   # [row, position] of each response token, in the order of the rows
@@ -52,12 +53,10 @@ def token_diagnostic(student: nn.Module, teacher: Optional[nn.Module], batch: Di
         h_t = hidden_at(teacher, batch["input_ids"].to(tdev), batch["attention_mask"].to(tdev), mask.to(tdev))
         t = head_logits(teacher, h_t).to(s.device)
         parts.append(bad_rows("teacher logits", ~torch.isfinite(t.float()).all(-1), where, tgt))
-        div = getattr(method, "divergence", None)
-        if div and div != "none":
+        if divergence and divergence != "none":
             v = min(s.shape[-1], t.shape[-1])
-            params = dict(getattr(method, "params", None) or {})
-            d = per_token(div, s[:, :v].float(), t[:, :v].float(), **params)
-            parts.append(bad_rows(f"per-token {div}", ~torch.isfinite(d), where, tgt, d))
+            d = per_token(divergence, s[:, :v].float(), t[:, :v].float(), **params)
+            parts.append(bad_rows(f"per-token {divergence}", ~torch.isfinite(d), where, tgt, d))
     return "; ".join(parts)
 
 

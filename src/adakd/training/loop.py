@@ -33,12 +33,10 @@ from .forward import chunked_ce, head_logits, hidden_at, response_positions, tok
 from .logs import truncate_log, write_telemetry
 from .schedule import EpochSampler, lr_lambda, seed_everything
 from .signals import Preempted, StopFlag
+from .settings import TrainSettings
 from .teachers import LiveTeacher, TeacherSource
 
 log = logging.getLogger(__name__)
-
-NONFINITE_POLICIES = ("stop", "skip")   # train.nonfinite: stop with a diagnostic, or skip the step
-
 
 @dataclass
 class TrainResult:
@@ -51,66 +49,63 @@ class TrainResult:
     best_step: Optional[int] = None      # the step with the best dev ROUGE-L (None: no validation scored it)
     best_rougeL: Optional[float] = None
 
-SELECTIONS = ("last", "best_dev")        # train.select: the student evaluated and exported
-
 
 class Trainer:
-    """`teacher` is a teacher source (training.teachers) or a frozen model (run live), or None (SFT)."""
+    """`settings`: what the loop is told (training.settings). `teacher` is a teacher source (training.teachers)
+    or a frozen model (run live), or None (SFT). A recipe's `batch_source` (GKD, DistiLLM) may replace or augment
+    the batches, which by default come from `train_data`; `on_step_end(trainer, row)` runs after each step;
+    `validator` (training.validation.Validator) runs dev validation after the steps in settings.val_steps."""
 
-    def __init__(self, *, student: nn.Module, teacher: Optional[TeacherSource | nn.Module], train_data: Sequence[dict],
-                 collate: Callable[[List[dict]], Dict[str, torch.Tensor]], objective, method_cfg, train_cfg,
-                 run_dir: Path, logger, device: torch.device, total_steps: int, progress: bool = True,
-                 batch_source=None, telemetry_every: int = 0, autocast_dtype: Optional[torch.dtype] = None,
-                 world_size: int = 1, rank: int = 0, on_step_end: Optional[Callable] = None,
-                 validator: Optional[Callable] = None, val_steps: Sequence[int] = (), select: str = "last"):
+    def __init__(self, settings: TrainSettings, *, student: nn.Module,
+                 teacher: Optional[TeacherSource | nn.Module], train_data: Sequence[dict],
+                 collate: Callable[[List[dict]], Dict[str, torch.Tensor]], objective, run_dir: Path, logger,
+                 device: torch.device, batch_source=None, on_step_end: Optional[Callable] = None,
+                 validator: Optional[Callable] = None):
+        s = self.settings = settings
+        self.autocast_dtype = s.autocast_dtype
         if isinstance(teacher, nn.Module):
             teacher = LiveTeacher(teacher, device, self._autocast)
         self.student, self.teacher = student, teacher
         self.data, self.collate = train_data, collate
-        self.objective, self.method, self.cfg = objective, method_cfg, train_cfg
+        self.objective = objective
         self.run_dir, self.logger, self.device = Path(run_dir), logger, device
-        self.total_steps, self.progress = total_steps, progress
-        self.telemetry_every = telemetry_every
-        self.autocast_dtype = autocast_dtype
-        self.world_size, self.rank = world_size, rank
+        self.total_steps, self.progress = s.total_steps, s.progress
+        self.world_size, self.rank = s.world_size, s.rank
         self.fsdp = is_fsdp(student)     # train.fsdp: sharded student (training.distributed.wrap_fsdp)
         self.teacher_device = getattr(teacher, "device", device)   # model.teacher.device may put it elsewhere
         # The fused loss takes hidden states + LM heads; the top-k cache has no teacher hidden states.
-        self.fused = getattr(train_cfg, "loss_impl", "chunked") == "fused" and getattr(teacher, "has_hidden", False)
+        self.fused = s.loss_impl == "fused" and getattr(teacher, "has_hidden", False)
         self.on_step_end = on_step_end
-        # Dev validation (training.validation.Validator) after the steps in val_steps (0: before the first);
-        # with select=best_dev the best dev ROUGE-L's weights are kept in run_dir/best.
-        self.validator, self.val_steps, self.select = validator, set(val_steps), select
+        # with select=best_dev the best dev ROUGE-L's weights are kept in run_dir/best
+        self.validator, self.val_steps, self.select = validator, set(s.val_steps), s.select
         self.val_seconds, self.best_step, self.best_rougeL = 0.0, None, None
         self.best_dir = self.run_dir / "best"
-        # A recipe (GKD, DistiLLM) may replace or augment the batches; by default they come from the data.
         self.batch_source = batch_source
         # The global batch is the config's; each rank takes global/world of it, in micro-batches. A micro
         # batch larger than a rank's share is cut to the share (more processes: less accumulation).
-        self.micro_batch = int(train_cfg.micro_batch)
-        share, rem = divmod(int(train_cfg.global_batch), world_size)
+        self.micro_batch = s.micro_batch
+        share, rem = divmod(s.global_batch, s.world_size)
         if not rem and self.micro_batch > share:
             log.warning("micro batch %d -> %d: the share of each of %d processes of global batch %d (the result "
-                        "then matches one process with micro_batch=%d)", self.micro_batch, share, world_size,
-                        train_cfg.global_batch, share)
+                        "then matches one process with micro_batch=%d)", self.micro_batch, share, s.world_size,
+                        s.global_batch, share)
             self.micro_batch = share
-        per_step = self.micro_batch * world_size
-        if train_cfg.global_batch % per_step:
-            raise ValueError(f"train.global_batch={train_cfg.global_batch} is not divisible by "
-                             f"micro_batch x world_size = {self.micro_batch} x {world_size}")
-        self.accum = train_cfg.global_batch // per_step
-        self.kd_ratio = float(method_cfg.kd_ratio) if teacher is not None and objective is not None else 0.0
+        per_step = self.micro_batch * s.world_size
+        if s.global_batch % per_step:
+            raise ValueError(f"train.global_batch={s.global_batch} is not divisible by "
+                             f"micro_batch x world_size = {self.micro_batch} x {s.world_size}")
+        self.accum = s.global_batch // per_step
+        self.kd_ratio = s.kd_ratio if teacher is not None and objective is not None else 0.0
         params = [p for p in student.parameters() if p.requires_grad]
         extra = list(objective.parameters()) if objective is not None else []
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": train_cfg.weight_decay},
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": s.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         if extra:
             groups.append({"params": extra, "weight_decay": 0.0})
-        self.optimizer = torch.optim.AdamW(groups, lr=train_cfg.lr, betas=tuple(train_cfg.betas))
+        self.optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=s.betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(train_cfg.schedule, total_steps, train_cfg.warmup_steps,
-                                      train_cfg.lr, train_cfg.min_lr))
-        self.sampler = EpochSampler(len(train_data), train_cfg.seed)
+            self.optimizer, lr_lambda(s.schedule, s.total_steps, s.warmup_steps, s.lr, s.min_lr))
+        self.sampler = EpochSampler(len(train_data), s.seed)
         self.step, self.position, self.skipped = 0, 0, 0
         self.last_loss = float("nan")
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -178,7 +173,7 @@ class Trainer:
             model.state_dict()
             optim = full_optimizer_state(self.student, self.optimizer)
         if self.rank == 0:
-            ckpt.save(self.ckpt_dir, self.step, model, self.state(rng_ranks, optim), keep_last=self.cfg.keep_last)
+            ckpt.save(self.ckpt_dir, self.step, model, self.state(rng_ranks, optim), keep_last=self.settings.keep_last)
         self._saved_step = self.step
 
     def try_resume(self) -> Optional[int]:
@@ -204,7 +199,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- loop
     def micro_batches(self) -> List[Dict[str, torch.Tensor]]:
         """The micro-batches of the next optimizer step (this rank's share)."""
-        gb = self.cfg.global_batch
+        gb = self.settings.global_batch
         ids = self.sampler.take(self.position, gb)
         self._last_ids = ids
         self.position += gb
@@ -236,7 +231,7 @@ class Trainer:
             kd, kstats = self.objective(student, teacher, tgt[None], telemetry=telemetry)
             stats.update(kstats)
             if self.kd_ratio < 1.0:
-                ce = chunked_ce(h_s, s_head, tgt, self.cfg.loss_chunk_size)
+                ce = chunked_ce(h_s, s_head, tgt, self.settings.loss_chunk_size)
         else:
             teacher = self.teacher.rows(batch, mask, self.device)   # logits [1, N, V] or TeacherTopK [1, N]
             with self._autocast():
@@ -268,7 +263,7 @@ class Trainer:
         if resumed is None:
             # Whatever ran before (a teacher fine-tune, or nothing because it was cached) must not change
             # the random streams of training: a run restarted from scratch then matches an unbroken one.
-            seed_everything(int(self.cfg.seed) + self.rank)
+            seed_everything(int(self.settings.seed) + self.rank)
         t0 = time.time()
         self.student.train()
         if getattr(self.teacher, "model", None) is not None:
@@ -279,7 +274,7 @@ class Trainer:
             self.validate(bar)   # where every curve starts: the student before training
         with StopFlag() as stop:
             while self.step < self.total_steps:
-                telemetry = bool(self.telemetry_every) and self.step % self.telemetry_every == 0
+                telemetry = bool(self.settings.telemetry_every) and self.step % self.settings.telemetry_every == 0
                 row = self._one_step(telemetry)
                 if row is None:   # skipped (non-finite, skip policy)
                     continue
@@ -290,7 +285,7 @@ class Trainer:
                     self.on_step_end(self, row)
                 if self.step in self.val_steps:
                     self.validate(bar)
-                if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.step < self.total_steps:
+                if self.settings.ckpt_every and self.step % self.settings.ckpt_every == 0 and self.step < self.total_steps:
                     self.save_checkpoint()
                 if stop.signum is not None:
                     self.save_checkpoint()
@@ -350,7 +345,7 @@ class Trainer:
                         tensors.setdefault(tk, []).append(tv)
                 elif isinstance(v, (int, float)):
                     totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
-        grad_norm = all_reduce_grads_and_clip(self.student, self.optimizer, self.cfg.grad_clip, self.world_size,
+        grad_norm = all_reduce_grads_and_clip(self.student, self.optimizer, self.settings.grad_clip, self.world_size,
                                                sharded=self.fsdp)
         if not math.isfinite(grad_norm):
             return self._non_finite(f"gradient (grad_norm={grad_norm})", totals, None)
@@ -370,7 +365,7 @@ class Trainer:
             row["ratio_next"] = float(self.objective.ratio)
         if self.rank == 0:
             append_jsonl(self.log_path, row)
-            if self.step % max(1, self.cfg.log_every) == 0 or self.step == 1:
+            if self.step % max(1, self.settings.log_every) == 0 or self.step == 1:
                 self.logger.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=self.step)
             if tensors:
                 write_telemetry(self.telemetry_path, self.step, tensors)
@@ -379,8 +374,8 @@ class Trainer:
     def _non_finite(self, what: str, stats: Dict[str, Any], batch, micro: int = 0) -> Optional[Dict[str, Any]]:
         detail = {k: v for k, v in stats.items() if k != "_tensors"}
         ratio = getattr(self.objective, "ratio", None)
-        msg = (f"non-finite {what} at step {self.step + 1} (method={self.method.name}, "
-               f"divergence={getattr(self.method, 'divergence', None)}, kd_ratio={self.kd_ratio}, "
+        msg = (f"non-finite {what} at step {self.step + 1} (method={self.settings.method}, "
+               f"divergence={self.settings.divergence}, kd_ratio={self.kd_ratio}, "
                f"LATF ratio={ratio}); stats={json.dumps(detail, default=str)}; "
                f"examples (dataset indices) of this step: {short(self._last_ids)}")
         if batch is not None:
@@ -388,22 +383,23 @@ class Trainer:
                     + safe(lambda: self._token_diagnostic(batch)))
         else:
             msg += "; " + safe(self._grad_diagnostic)
-        if self.cfg.nonfinite == "skip" and self.skipped < self.cfg.max_nonfinite_skips:
+        if self.settings.nonfinite == "skip" and self.skipped < self.settings.max_nonfinite_skips:
             self.skipped += 1
-            log.warning("%s -- skipping this step (%d/%d)", msg, self.skipped, self.cfg.max_nonfinite_skips)
+            log.warning("%s -- skipping this step (%d/%d)", msg, self.skipped, self.settings.max_nonfinite_skips)
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.zero_grad(set_to_none=True)
         kept = ckpt.list_checkpoints(self.ckpt_dir)
         where = f"{kept[-1]}" if kept else f"none yet in {self.ckpt_dir}"
-        limit = (f" (the limit train.max_nonfinite_skips={self.cfg.max_nonfinite_skips} is reached)"
-                 if self.cfg.nonfinite == "skip" else "")
+        limit = (f" (the limit train.max_nonfinite_skips={self.settings.max_nonfinite_skips} is reached)"
+                 if self.settings.nonfinite == "skip" else "")
         raise NonFiniteLoss(msg + f". Stopped{limit}; the last good checkpoint is kept: {where}. "
                             "Set train.nonfinite=skip to skip such steps (up to train.max_nonfinite_skips).")
 
     def _token_diagnostic(self, batch: Dict[str, torch.Tensor]) -> str:
         teacher = self.teacher.model if self.teacher is not None and self.kd_ratio > 0 else None
-        return token_diagnostic(self.student, teacher, batch, self.device, self.teacher_device, self.method)
+        return token_diagnostic(self.student, teacher, batch, self.device, self.teacher_device,
+                                self.settings.divergence, self.settings.divergence_params)
 
     def _grad_diagnostic(self) -> str:
         return grad_diagnostic(self.student, self.optimizer)

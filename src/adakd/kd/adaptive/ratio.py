@@ -19,14 +19,14 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional
 
-from ...schema.adakd import AdakdConfig
-from ..losses.base import check_range, check_total_steps
+from ...schema.adakd import RANGES, RATIO, AdakdConfig
+from ..losses.base import check_in, check_total_steps
 
 _A = AdakdConfig()   # the defaults, defined once in the schema
 
 
 def _check_ratio(key: str, value: float) -> float:
-    check_range("ratio schedule", key, float(value), 0.0, 1.0, lo_open=True)
+    check_in("ratio schedule", key, float(value), RATIO)
     return float(value)
 
 
@@ -131,10 +131,9 @@ class LATFController(RatioSchedule):
         ratio_min: float = _A.ratio_min,
     ):
         super().__init__(total_steps)
-        check_range("latf", "ema_beta", ema_beta, 0.0, 1.0, hi_open=True)
-        check_range("latf", "warmup_frac", warmup_frac, 0.0, 1.0)
-        check_range("latf", "epsilon", epsilon, 0.0, None)
-        check_range("latf", "delta", delta, 0.0, 1.0, hi_open=True)
+        for key, value in (("ema_beta", ema_beta), ("warmup_frac", warmup_frac), ("epsilon", epsilon),
+                           ("delta", delta)):
+            check_in("latf", key, value, RANGES[key])
         self.ema_beta, self.warmup_frac = float(ema_beta), float(warmup_frac)
         self.epsilon, self.delta = float(epsilon), float(delta)
         self.ratio_min = _check_ratio("ratio_min", ratio_min)

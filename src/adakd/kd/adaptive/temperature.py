@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-from ...schema.adakd import AdakdConfig
-from ..losses.base import check_range, check_total_steps
+from ...schema.adakd import RANGES, AdakdConfig
+from ..losses.base import check_in, check_range, check_total_steps
 
 _A = AdakdConfig()   # the defaults, defined once in the schema
 
@@ -105,7 +105,7 @@ class ConstantTemperature(TemperaturePolicy):
     name = "constant"
 
     def __init__(self, tau_base: float = _A.tau_base):
-        check_range("temperature", "tau_base", float(tau_base), 0.0, None, lo_open=True)
+        check_in("temperature", "tau_base", float(tau_base), RANGES["tau_base"])
         self.tau_base = float(tau_base)
 
     def temperatures(self, scores_kept, n_kept, device, dtype):
@@ -119,8 +119,8 @@ class IDTS(TemperaturePolicy):
     uses_difficulty = True
 
     def __init__(self, c: float = _A.c, tau_base: float = _A.tau_base, direction: str = _A.direction):
-        check_range("idts", "c", float(c), 0.0, None)
-        check_range("idts", "tau_base", float(tau_base), 0.0, None, lo_open=True)
+        check_in("idts", "c", float(c), RANGES["c"])
+        check_in("idts", "tau_base", float(tau_base), RANGES["tau_base"])
         if direction not in DIRECTIONS:
             raise ValueError(f"idts direction must be one of {DIRECTIONS}, got {direction!r}")
         self.c, self.tau_base, self.direction = float(c), float(tau_base), direction
@@ -166,8 +166,8 @@ class CTKDTemperature(TemperaturePolicy):
         tau_min: float = _A.ctkd_tau_min,
     ):
         total_steps = check_total_steps(total_steps)
-        check_range("ctkd", "ramp_frac", float(ramp_frac), 0.0, 1.0)
-        check_range("ctkd", "tau_min", float(tau_min), 0.0, None, lo_open=True)
+        check_in("ctkd", "ramp_frac", float(ramp_frac), RANGES["ctkd_ramp_frac"])
+        check_in("ctkd", "tau_min", float(tau_min), RANGES["ctkd_tau_min"])
         check_range("ctkd", "init", float(init), float(tau_min), None)
         self.total_steps, self.ramp_frac, self.tau_min = int(total_steps), float(ramp_frac), float(tau_min)
         self.lambda_start, self.lambda_end = float(lambda_start), float(lambda_end)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...schema.ranges import Range
+
 
 def compute_dtype(*tensors: Tensor) -> torch.dtype:
     """float64 if any input is float64, else float32 (half precisions are upcast)."""
@@ -142,6 +144,11 @@ def check_total_steps(total_steps) -> int:
     if int(total_steps) != total_steps or total_steps < 1:
         raise ValueError(f"total_steps must be an integer >= 1, got {total_steps!r}")
     return int(total_steps)
+
+
+def check_in(name: str, key: str, value: float, valid: Range) -> None:
+    """check_range against a setting's Range (defined once, in adakd.schema)."""
+    check_range(name, key, value, valid.lo, valid.hi, valid.lo_open, valid.hi_open)
 
 
 def check_range(

@@ -14,7 +14,8 @@ from typing import Optional
 
 from torch import Tensor
 
-from ..losses.base import check_range
+from ...schema.adakd import RATIO
+from ..losses.base import check_in
 
 IMPLS = ("reference", "chunked", "fused")
 
@@ -64,5 +65,5 @@ def check_chunk(chunk_size: int) -> int:
 
 
 def check_ratio(ratio: float) -> float:
-    check_range("adakd", "ratio", float(ratio), 0.0, 1.0, lo_open=True)
+    check_in("adakd", "ratio", float(ratio), RATIO)
     return float(ratio)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor
 
+from ...schema.adakd import RANGES as ADAKD_RANGES
 from ...schema.adakd import AdakdConfig
 from ...schema.method import MethodConfig
 from ...schema.train import TeacherCacheConfig, TrainConfig
@@ -25,6 +26,7 @@ from ..adaptive.difficulty import BucketMetric, DifficultyMetric
 from ..adaptive.ratio import RatioSchedule, build_ratio_schedule
 from ..adaptive.temperature import TemperaturePolicy, build_temperature
 from ..losses import Divergence, build_divergence
+from ..losses.base import check_in
 from ..losses.sparse import FORMS, BucketDivergence, TeacherTopK
 from .inputs import HiddenStates, check_chunk, check_heads, check_impl, check_shapes
 from .pipeline import run_pipeline
@@ -246,6 +248,7 @@ def build_objective(
 def end_of_answer_hold(end_tau: Optional[float], eos_id: Optional[int]) -> Optional[Tuple[int, float]]:
     if end_tau is None:
         return None
+    check_in("adakd", "end_tau", float(end_tau), ADAKD_RANGES["end_tau"])
     if eos_id is None:
         raise ValueError("adakd.end_tau needs the tokenizer's end-of-sequence id (the tokenizer has none)")
     return int(eos_id), float(end_tau)

@@ -10,37 +10,24 @@
 A recipe's batch source (built by assemble.recipes from the config) is what the Trainer calls for each
 micro-batch (`source(batch, trainer) -> batch`; `on_step_end`; state in the checkpoints). The token loss is untouched: the method's divergence, wrapped by AdaKD when adakd is on.
 
-recipe_params (method.recipe_params) and their defaults are each recipe's PARAMS (collected in RECIPE_DEFAULTS);
-unknown keys are refused
-by `check_recipe_params` (experiment.config_check).
+method.recipe_params: each recipe's parameters are typed once, with their defaults and valid values, in
+adakd.schema.recipes; `recipe_params` fills in the defaults and `check_recipe_params` (run by
+experiment.config_check) checks a config's values against that table.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from ...schema.recipes import RECIPE_PARAMS, defaults
 from .base import BatchSource
-from .common import ENGINES, PolicyEngine, Sampling
-from .distillm import (
-    REPLAY_RATIOS,
-    VAL_LOSSES,
-    VAL_REFERENCES,
-    AdaptiveProbability,
-    DistiLLMSource,
-    ReplayBuffer,
-)
-from . import distillm, gkd, seqkd
+from .common import PolicyEngine, Sampling
+from .distillm import AdaptiveProbability, DistiLLMSource, ReplayBuffer
 from .gkd import GKDSource
 from .seqkd import SeqKDSource
 
-# Each recipe's method.recipe_params with their defaults, defined (and documented) in the recipe's module.
-RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "offline": {},
-    "sft": {},
-    "gkd": gkd.PARAMS,
-    "distillm": distillm.PARAMS,
-    "seqkd": seqkd.PARAMS,
-}
+# Each recipe's method.recipe_params at their defaults (adakd.schema.recipes).
+RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {name: defaults(name) for name in RECIPE_PARAMS}
 RECIPES = tuple(RECIPE_DEFAULTS)
 ON_POLICY = ("gkd", "distillm")   # sequences drawn from the current student during training
 
@@ -59,53 +46,25 @@ def recipe_params(recipe: str, params: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def check_recipe_params(recipe: str, params: dict[str, Any] | None) -> list[str]:
-    """Config errors of method.recipe_params (empty when fine); used by adakd.experiment.config_check."""
+    """Config errors of method.recipe_params (empty when fine), against adakd.schema.recipes; used by
+    adakd.experiment.config_check."""
     try:
-        p = recipe_params(recipe, params)
+        values = recipe_params(recipe, params)
     except ValueError as e:
         return [str(e)]
     errors: list[str] = []
-
-    def rng(key, lo=None, hi=None, integer=False, optional=False):
-        v = p.get(key)
-        if v is None and optional:
-            return
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and int(v) != v) \
+    for key, spec in RECIPE_PARAMS[recipe].items():
+        v, name = values[key], f"method.recipe_params.{key}"
+        if spec.choices is not None:
+            if v not in spec.choices:
+                errors.append(f"{name}={v!r} is not valid; choose one of {list(spec.choices)}")
+        elif v is None and spec.optional:
+            continue
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or (spec.integer and int(v) != v) \
                 or (isinstance(v, float) and not math.isfinite(v)):
-            errors.append(f"method.recipe_params.{key}={v!r} must be a{'n integer' if integer else ' number'}")
-            return
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            errors.append(f"method.recipe_params.{key}={v} is out of range [{lo}, {hi if hi is not None else 'inf'}]")
-
-    if recipe in ("gkd", "distillm", "seqkd"):
-        rng("temperature", 0.0)
-        rng("top_k", 0, integer=True)
-        rng("top_p", 0.0, 1.0)
-        rng("max_new_tokens", 1, integer=True, optional=True)
-        rng("gen_batch_size", 1, integer=True, optional=True)
-        if p.get("top_p") == 0:
-            errors.append("method.recipe_params.top_p=0 keeps no token; use (0, 1]")
-        if p.get("engine") not in ENGINES:
-            errors.append(f"method.recipe_params.engine={p.get('engine')!r} is not valid; choose one of "
-                          f"{list(ENGINES)} (null: as eval.engine)")
-    if recipe in ON_POLICY:
-        rng("refresh_every", 1, integer=True)
-    if recipe == "gkd":
-        rng("lambda", 0.0, 1.0)
-    if recipe == "distillm":
-        rng("replay_capacity", 1, integer=True)
-        rng("prob_init", 0.0, 1.0)
-        rng("prob_step", 0.0, 1.0)
-        rng("prob_max", 0.0, 1.0)
-        rng("val_loss_rise", 0.0)
-        rng("val_every", 1, integer=True, optional=True)
-        rng("val_samples", 1, integer=True, optional=True)
-        for key, valid in (("val_loss", VAL_LOSSES), ("val_reference", VAL_REFERENCES),
-                           ("replay_ratio", REPLAY_RATIOS)):
-            if p.get(key) not in valid:
-                errors.append(f"method.recipe_params.{key}={p.get(key)!r} is not valid; choose one of {list(valid)}")
-    if recipe == "seqkd":
-        rng("seed", 0, integer=True)
+            errors.append(f"{name}={v!r} must be a{'n integer' if spec.integer else ' number'}")
+        elif spec.range is not None and v not in spec.range:
+            errors.append(f"{name}={v} is out of range {spec.range.text()}")
     return errors
 
 

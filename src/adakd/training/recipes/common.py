@@ -18,33 +18,28 @@ import torch
 from ...data.prompts import IGNORE_INDEX, collate_train
 from ...evaluation.generation import example_seed, generate_from_ids, max_positions
 from ...evaluation.vllm_engine import build_requests
+from ...schema.recipes import REFRESH, SAMPLING, Param
 
 
-# The sampling options of every recipe that samples (method.recipe_params), with their defaults:
-# docs/method.md section 6, pure sampling at T = 1.
-SAMPLING_PARAMS: dict[str, Any] = {
-    "temperature": 1.0,
-    "top_k": 0,                # 0: no top-k filter
-    "top_p": 1.0,              # 1: no nucleus filter
-    "max_new_tokens": 256,     # as the released sampler (512 - 256); never past dataset.max_len. None: up to it
-    "gen_batch_size": None,    # None: train.micro_batch
-    # Who samples: null follows eval.engine; "native" (the project's sampler) or "vllm" (docs/generation.md).
-    "engine": None,
-}
-# The on-policy recipes' extra: the vLLM engine's copy of the student is refreshed every this many sampling calls
-# (1: before every call, exactly on-policy; k > 1 samples from weights up to k - 1 calls old and a resumed run
-# no longer draws the same samples as an uninterrupted one).
-REFRESH_PARAMS: dict[str, Any] = {"refresh_every": 1}
-ENGINES = (None, "native", "vllm")
+_S = {k: p.default for k, p in SAMPLING.items()}   # the sampling defaults (adakd.schema.recipes)
+
+
+def check_param(recipe: str, key: str, spec: Param, value: Any) -> None:
+    """Raise ValueError when `value` is not valid for the parameter `spec` (adakd.schema.recipes): the same
+    entry experiment.config_check reads, so an object built without a config is held to the same ranges."""
+    if spec.choices is not None and value not in spec.choices:
+        raise ValueError(f"{recipe}: {key} must be one of {spec.choices}, got {value!r}")
+    if spec.range is not None and value is not None and value not in spec.range:
+        raise ValueError(f"{recipe}: {key} must be in {spec.range.text(lambda b: f'{b:g}')}, got {value}")
 
 
 @dataclass
 class Sampling:
     """Sampling settings of a recipe."""
-    temperature: float = SAMPLING_PARAMS["temperature"]
-    top_k: int = SAMPLING_PARAMS["top_k"]
-    top_p: float = SAMPLING_PARAMS["top_p"]
-    max_new_tokens: int | None = SAMPLING_PARAMS["max_new_tokens"]
+    temperature: float = _S["temperature"]
+    top_k: int = _S["top_k"]
+    top_p: float = _S["top_p"]
+    max_new_tokens: int | None = _S["max_new_tokens"]
     batch_size: int = 16
     engine: str = "native"
 
@@ -92,8 +87,7 @@ class PolicyEngine:
     the refreshes cost is in `engine.stats` (refreshes, refresh_seconds)."""
 
     def __init__(self, open_engine: Callable[[], Any], refresh_every: int = 1):
-        if int(refresh_every) < 1:
-            raise ValueError(f"refresh_every must be >= 1, got {refresh_every}")
+        check_param("policy engine", "refresh_every", REFRESH["refresh_every"], int(refresh_every))
         self._open, self.refresh_every, self.calls = open_engine, int(refresh_every), 0
         self.engine: Any = None
 

@@ -44,13 +44,13 @@ from typing import Any
 import torch
 
 from ...kd.losses import build_divergence
+from ...schema.recipes import DISTILLM
 from ..validation import dev_losses
 from .base import BatchSource
 from .common import (
-    REFRESH_PARAMS,
-    SAMPLING_PARAMS,
     PolicyEngine,
     Sampling,
+    check_param,
     collate,
     pad_id_of,
     prompts_of,
@@ -60,35 +60,16 @@ from .common import (
     uniform,
 )
 
-REPLAY_RATIOS = ("decreasing", "constant", "increasing")
-VAL_LOSSES = ("kd", "ce")
-VAL_REFERENCES = ("last_rise", "previous")
-
-# method.recipe_params of distillm and their defaults (the rule above).
-PARAMS: dict[str, Any] = {
-    "replay_capacity": 1000,        # FIFO replay buffer of student-generated examples
-    "prob_init": 0.0,               # probability of using student-generated outputs at the start
-    "prob_step": 0.1,               # ... raised by this much (up to prob_max) when the validation loss rises
-    "prob_max": 1.0,
-    "val_loss_rise": 0.1,           # by at least this much over the reference
-    "val_reference": "last_rise",   # last_rise (the released code) | previous (the previous evaluation)
-    "val_loss": "ce",               # ce: the student's CE, mean of per-batch means (released) | kd: the base divergence
-    "val_every": None,              # steps between validations; None: once per epoch (train.val_every is another thing)
-    "val_samples": 1000,            # dev examples used (None: all)
-    "replay_ratio": "decreasing",   # share of p that samples fresh: decreasing (1 - step/total) | constant | increasing
-    **SAMPLING_PARAMS,
-    **REFRESH_PARAMS,
-}
+_D = {k: p.default for k, p in DISTILLM.items()}   # the defaults (adakd.schema.recipes)
 
 
 class AdaptiveProbability:
     """The probability of using student-generated outputs, driven by validation losses."""
 
-    def __init__(self, init: float = PARAMS["prob_init"], step: float = PARAMS["prob_step"],
-                 rise: float = PARAMS["val_loss_rise"], maximum: float = PARAMS["prob_max"],
-                 reference: str = PARAMS["val_reference"]):
-        if reference not in VAL_REFERENCES:
-            raise ValueError(f"distillm: val_reference must be one of {VAL_REFERENCES}, got {reference!r}")
+    def __init__(self, init: float = _D["prob_init"], step: float = _D["prob_step"],
+                 rise: float = _D["val_loss_rise"], maximum: float = _D["prob_max"],
+                 reference: str = _D["val_reference"]):
+        check_param("distillm", "val_reference", DISTILLM["val_reference"], reference)
         self.p, self.step, self.rise, self.maximum = float(init), float(step), float(rise), float(maximum)
         self.reference = reference
         self.ref_loss: float | None = None
@@ -120,9 +101,8 @@ class AdaptiveProbability:
 class ReplayBuffer:
     """FIFO buffer of generated training examples ({input_ids, labels} token lists), at most `capacity`."""
 
-    def __init__(self, capacity: int = PARAMS["replay_capacity"]):
-        if capacity < 1:
-            raise ValueError(f"distillm: replay_capacity must be >= 1, got {capacity}")
+    def __init__(self, capacity: int = _D["replay_capacity"]):
+        check_param("distillm", "replay_capacity", DISTILLM["replay_capacity"], capacity)
         self.capacity = int(capacity)
         self.items: list[dict[str, list[int]]] = []
         self.added = 0
@@ -184,16 +164,14 @@ class DistiLLMSource(BatchSource):
 
     def __init__(self, *, student, teacher, tokenizer, seed: int, dev: Sequence[dict[str, list[int]]],
                  divergence: str, div_params: dict[str, Any] | None = None, schedule: AdaptiveProbability,
-                 capacity: int = PARAMS["replay_capacity"], replay_ratio: str = PARAMS["replay_ratio"],
-                 val_every: int = 0, val_loss: str = PARAMS["val_loss"], val_batch: int = 16, chunk_size: int = 1024,
+                 capacity: int = _D["replay_capacity"], replay_ratio: str = _D["replay_ratio"],
+                 val_every: int = 0, val_loss: str = _D["val_loss"], val_batch: int = 16, chunk_size: int = 1024,
                  sampling: Sampling | None = None, max_len: int = 512, run_dir=None, rank: int = 0,
                  policy_engine: PolicyEngine | None = None):
         super().__init__(run_dir=run_dir, rank=rank)
         self.policy_engine = policy_engine       # vLLM sampling (sampling.engine=vllm), else the native sampler
-        if replay_ratio not in REPLAY_RATIOS:
-            raise ValueError(f"distillm: replay_ratio must be one of {REPLAY_RATIOS}, got {replay_ratio!r}")
-        if val_loss not in VAL_LOSSES:
-            raise ValueError(f"distillm: val_loss must be one of {VAL_LOSSES}, got {val_loss!r}")
+        check_param("distillm", "replay_ratio", DISTILLM["replay_ratio"], replay_ratio)
+        check_param("distillm", "val_loss", DISTILLM["val_loss"], val_loss)
         self.student, self.teacher, self.tokenizer = student, teacher, tokenizer
         self.seed = int(seed)
         self.dev = list(dev)

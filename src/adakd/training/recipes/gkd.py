@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
+from ...schema.recipes import GKD
 from .base import BatchSource
 from .common import (
-    REFRESH_PARAMS,
-    SAMPLING_PARAMS,
     PolicyEngine,
     Sampling,
+    check_param,
     collate,
     pad_id_of,
     prompts_of,
@@ -37,23 +37,14 @@ from .common import (
 )
 
 
-# method.recipe_params of gkd and their defaults.
-PARAMS: dict[str, Any] = {
-    "lambda": 0.5,             # probability that a micro-batch is replaced by on-policy student samples
-    **SAMPLING_PARAMS,
-    **REFRESH_PARAMS,
-}
-
-
 class GKDSource(BatchSource):
     name = "gkd"
 
-    def __init__(self, *, student, tokenizer, seed: int, lam: float = PARAMS["lambda"], sampling: Sampling | None = None,
-                 max_len: int = 512, run_dir=None, rank: int = 0, policy_engine: PolicyEngine | None = None):
+    def __init__(self, *, student, tokenizer, seed: int, lam: float = GKD["lambda"].default,
+                 sampling: Sampling | None = None, max_len: int = 512, run_dir=None, rank: int = 0, policy_engine: PolicyEngine | None = None):
         super().__init__(run_dir=run_dir, rank=rank)
         self.policy_engine = policy_engine       # vLLM sampling (sampling.engine=vllm), else the native sampler
-        if not 0.0 <= lam <= 1.0:
-            raise ValueError(f"gkd: lambda must be in [0, 1], got {lam}")
+        check_param("gkd", "lambda", GKD["lambda"], lam)
         self.student, self.tokenizer = student, tokenizer
         self.seed, self.lam = int(seed), float(lam)
         self.sampling = sampling or Sampling()

@@ -23,9 +23,10 @@ from typing import Any
 
 from ... import runinfo
 from ...io import atomic_write_json, atomic_write_text, build_lock
+from ...schema.recipes import SEQKD
 from ..distributed import barrier, info
 from .base import BatchSource
-from .common import SAMPLING_PARAMS, Sampling, prompt_of_example, sample_responses, to_examples
+from .common import Sampling, prompt_of_example, sample_responses, to_examples
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +45,11 @@ def stream_keys(prompts: Sequence[Sequence[int]]) -> list[str]:
     return keys
 
 
-# method.recipe_params of seqkd and their defaults.
-PARAMS: dict[str, Any] = {
-    "seed": 0,                 # sampling streams of the teacher's responses (part of the cache key)
-    **SAMPLING_PARAMS,
-    "gen_batch_size": 32,      # teacher generation batch (generated once, before training)
-}
-
-
 class SeqKDSource(BatchSource):
     name = "seqkd"
 
     def __init__(self, *, teacher, tokenizer, cache_root: Path, teacher_key: str, sampling: Sampling,
-                 seed: int = PARAMS["seed"], max_len: int = 512, run_dir=None, rank: int = 0, progress: bool = True,
+                 seed: int = SEQKD["seed"].default, max_len: int = 512, run_dir=None, rank: int = 0, progress: bool = True,
                  open_engine=None):
         super().__init__(run_dir=run_dir, rank=rank)
         # sampling.engine=vllm: a callable starting a vLLM engine on the teacher, called only when the cache is
