@@ -45,7 +45,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, student, tokenizer, data: RunD
         objective = build_objective(cfg.method, cfg.adakd, total_steps=total, impl=cfg.train.loss_impl,
                                     chunk_size=cfg.train.loss_chunk_size, seed=int(cfg.train.seed),
                                     teacher_cache=cfg.train.teacher_cache,
-                                    logit_cache_mb=float(cfg.train.fused_logit_cache_mb))
+                                    logit_cache_mb=cfg.train.fused_logit_cache_mb)
     d = distributed.info()
     amp = autocast_dtype(cfg.train.precision, device)
     student_vocab = int(lm_parts(student)[1].weight.shape[0])   # before any FSDP wrapping
