@@ -227,6 +227,7 @@ def summarise(res: Dict[str, Any]) -> Dict[str, Any]:
         "peak_rss_mb": res["peak_rss_mb"],
         "steps_timed": len(steps),
         "steps_sampled": sum(s["sampled_tokens"] > 0 for s in res["steps"]),  # on-policy: all of them
+        "sampled_tokens_by_step": [int(s["sampled_tokens"]) for s in res["steps"]],
         "sampler": res["sampler"],
     }
     trained = [s.get("trained_tokens") for s in steps]
