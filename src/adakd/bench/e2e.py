@@ -40,6 +40,21 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+from hydra import compose, initialize_config_module
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from adakd.assemble.context import Context
+from adakd.assemble.data import encoded_train, run_data
+from adakd.assemble.identity import model_path
+from adakd.assemble.student import get_student
+from adakd.assemble.tokenizer import get_tokenizer
+from adakd.assemble.trainer import build_trainer
+from adakd.experiment.config_check import validate_config
+from adakd.experiment.config_store import register_configs
+from adakd.experiment.tasks import plan_jobs
+from adakd.tracking import NullLogger
+from adakd.training.recipes.common import prompt_of_example
+from adakd.training.schedule import EpochSampler, seed_everything
 
 from .peer_cases import peer_missing, peer_version
 from .worker import MALLOC_ENV
@@ -63,10 +78,6 @@ def _overrides(a, output_root: str, engine: str = "native") -> List[str]:
 
 
 def _compose(overrides: List[str]):
-    from hydra import compose, initialize_config_module
-
-    from adakd.experiment.config_store import register_configs
-
     register_configs()
     with initialize_config_module("adakd.conf", version_base="1.3"):
         return compose("config", overrides=overrides)
@@ -74,12 +85,6 @@ def _compose(overrides: List[str]):
 
 def step_prompts(a, cfg) -> List[List[int]]:
     """The prompt ids of the first steps x batch training examples, in the order adakd's trainer draws them."""
-    from adakd.assemble.context import Context
-    from adakd.assemble.data import encoded_train, run_data
-    from adakd.assemble.tokenizer import get_tokenizer
-    from adakd.training.recipes.common import prompt_of_example
-    from adakd.training.schedule import EpochSampler
-
     ctx = Context()
     data = run_data(cfg, ctx)
     tok = get_tokenizer(cfg, data, ctx, roles=("teacher", "student"))
@@ -91,16 +96,6 @@ def step_prompts(a, cfg) -> List[List[int]]:
 
 # ------------------------------------------------------------------------------------------------ sides
 def run_adakd(a, engine: str = "native") -> Dict[str, Any]:
-    from adakd.assemble.context import Context
-    from adakd.assemble.data import run_data
-    from adakd.assemble.student import get_student
-    from adakd.assemble.tokenizer import get_tokenizer
-    from adakd.assemble.trainer import build_trainer
-    from adakd.experiment.config_check import validate_config
-    from adakd.experiment.tasks import plan_jobs
-    from adakd.tracking import NullLogger
-    from adakd.training.schedule import seed_everything
-
     with tempfile.TemporaryDirectory(prefix="adakd-e2e-") as root:
         cfg = _compose(_overrides(a, root, engine))
         validate_config(cfg)
@@ -145,11 +140,8 @@ def run_adakd(a, engine: str = "native") -> Dict[str, Any]:
 
 def run_trl(a) -> Dict[str, Any]:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from datasets import Dataset  # TRL's dependency
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from datasets import Dataset  # an optional peer's dependency (the [bench] extra brings it with trl)
     from trl import DistillationConfig, DistillationTrainer  # an optional peer (the [bench] extra), trl >= 1.12
-
-    from adakd.assemble.identity import model_path
 
     torch.set_num_threads(a.threads)
     cfg = _compose(_overrides(a, tempfile.gettempdir()))
