@@ -21,11 +21,14 @@ ARGS ?=
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml setup.py
+# dev: pytest, ruff; slurm: hydra-submitit-launcher, so that the submitit sweep test (tests/test_sweep_submitit.py)
+# runs in `make test` and in CI (.ci/run) instead of being skipped. The Makefile is a prerequisite: a venv made
+# before a change of these extras is brought up to date.
+$(VENV)/.installed: pyproject.toml setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,slurm]" "$(TORCH_SPEC)"
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install adakd with its dependencies (torch pinned)

@@ -42,18 +42,19 @@ def test_inputs_are_the_same_in_every_process():
 def test_driver_reports_missing_peers_as_skipped(monkeypatch):
     monkeypatch.setattr(peers, "peer_missing",
                         lambda peer: None if peer is None else f"{peer_cases.PEER_DISTS[peer]} not installed (test)")
-    cases = ["adakd_fused", "adakd_fused_adakd", "liger_fused", "trl_naive", "torchtune_chunked", "adakd_chunked"]
+    cases = ["adakd_fused", "adakd_fused_adakd", "liger_fused", "trl_naive", "trl_distill", "torchtune_chunked",
+             "adakd_chunked"]
     result = peers.run_benchmark(peers.parse_args([*TINY, "--cases", *cases]))
     json.loads(json.dumps(result))  # one JSON object
-    assert {"config", "machine", "cases", "ratios", "value_checks", "targets", "met"} <= set(result)
-    for case in ("liger_fused", "trl_naive", "torchtune_chunked"):
+    assert {"config", "machine", "cases", "floor", "ratios", "value_checks", "targets", "met"} <= set(result)
+    for case in ("liger_fused", "trl_naive", "trl_distill", "torchtune_chunked"):
         assert result["cases"][case]["status"] == "skipped"
         assert "not installed" in result["cases"][case]["reason"]
         assert "time_s" not in result["cases"][case] and "peak_mb" not in result["cases"][case]
         assert result["value_checks"][case]["status"] == "skipped"
     for name, meas, base in peer_cases.RATIOS:
         r = result["ratios"][name]
-        if {meas, base} & {"liger_fused", "trl_naive", "torchtune_chunked"}:
+        if {meas, base} & {"liger_fused", "trl_naive", "trl_distill", "torchtune_chunked"}:
             assert r["status"] == "skipped" and "not installed" in r["reason"]  # never a 0
             assert "time" not in r
         elif meas in cases and base in cases:
@@ -62,8 +63,14 @@ def test_driver_reports_missing_peers_as_skipped(monkeypatch):
             assert r["status"] == "skipped"
     assert result["ratios"]["adakd_fused_adakd_vs_adakd_fused"]["status"] == "ok"
     assert result["met"] == {key: None for key in peer_cases.TARGETS}  # not the targets' size: not judged
+    # the floor: dW + dh + 3 chunks of fp32 logits at adakd's chunk; the fused cases as multiples of it
+    fl = result["floor"]
+    assert fl["mb"] == pytest.approx((96 * 8 * 4 + 24 * 8 * 4 + 3 * 7 * 96 * 4) / 2**20, abs=0.05)
+    assert set(fl["memory_ratio"]) == {"adakd_fused", "adakd_fused_adakd"}
+    assert result["ratios"]["adakd_fused_adakd_vs_floor"]["memory"] == fl["memory_ratio"]["adakd_fused_adakd"]
     table = peers.markdown(result)
     assert "skipped: liger-kernel not installed" in table and "| adakd fused, AdaKD off |" in table
+    assert "memory floor (dW" in table and "| adakd_fused_adakd_vs_floor | |" in table
 
 
 def test_import_failure_is_a_skip(monkeypatch, capsys):
@@ -81,7 +88,12 @@ def test_targets_are_judged_at_their_size_only():
     ratio = {"adakd_fused_adakd_vs_adakd_fused": {"status": "ok", "time": 1.05, "memory": 2.0},
              "adakd_fused_adakd_vs_liger_fused": {"status": "skipped", "reason": "liger-kernel not installed"}}
     met = peers.judge_targets(ratio, peer_cases.TARGET_SIZE)
-    assert met == {"adakd_fused_adakd_vs_adakd_fused.time": True, "adakd_fused_adakd_vs_liger_fused.memory": None}
+    assert met == {"adakd_fused_adakd_vs_adakd_fused.time": True, "adakd_fused_adakd_vs_liger_fused.memory": None,
+                   "adakd_fused_adakd_vs_floor.memory": None}
+    ratio["adakd_fused_adakd_vs_floor"] = {"status": "ok", "time": None, "memory": 1.95}
+    assert peers.judge_targets(ratio, peer_cases.TARGET_SIZE)["adakd_fused_adakd_vs_floor.memory"] is True
+    ratio["adakd_fused_adakd_vs_floor"]["memory"] = 2.2
+    assert peers.judge_targets(ratio, peer_cases.TARGET_SIZE)["adakd_fused_adakd_vs_floor.memory"] is False
     ratio["adakd_fused_adakd_vs_adakd_fused"]["time"] = 1.2
     assert peers.judge_targets(ratio, peer_cases.TARGET_SIZE)["adakd_fused_adakd_vs_adakd_fused.time"] is False
     assert set(peers.judge_targets(ratio, (256, 8192, 768, 1024)).values()) == {None}
@@ -101,7 +113,22 @@ def test_ratios_use_neighbouring_runs_when_alternated():
     assert r["adakd_fused_vs_trl_naive"] == {"status": "skipped", "reason": "trl_naive: trl not installed"}
 
 
-@pytest.mark.parametrize("case", ["trl_naive", "liger_fused", "torchtune_chunked"])
+def test_trl_distillation_loss_of_an_older_trl_is_a_skip(monkeypatch, capsys):
+    """trl before 1.12 has no DistillationTrainer loss: the case reports the version it found, not a crash."""
+    import types
+
+    fake = types.ModuleType("trl.trainer.distillation_trainer")
+    monkeypatch.setitem(__import__("sys").modules, "trl.trainer.distillation_trainer", fake)
+    monkeypatch.setattr(peer_cases, "peer_version", lambda peer: "0.19.1")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    if not _installed("trl"):
+        pytest.skip(peers.peer_missing("trl"))
+    assert peers.serve(peers.parse_args([*TINY, "--worker", "trl_distill"])) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert "import failed" in line["skipped"] and "trl 0.19.1" in line["skipped"] and ">= 1.12" in line["skipped"]
+
+
+@pytest.mark.parametrize("case", ["trl_naive", "trl_distill", "liger_fused", "torchtune_chunked"])
 def test_peer_matches_adakd(case):
     peer = peer_cases.CASES[case].peer
     if not _installed(peer):

@@ -23,7 +23,8 @@ RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 # Imported inside functions on purpose: optional, or heavy and needed by few commands.
 LOCAL_OK = ("peft", "wandb", "matplotlib", "huggingface_hub", "torch.distributed.fsdp",
             "torch.distributed.device_mesh", "torch.distributed.checkpoint", "trl", "liger_kernel",
-            "vllm")
+            "vllm",
+            "datasets")   # TRL's dependency, there only with the [bench] extra (bench.e2e's TRL side)
 
 
 def module_name(path: Path) -> str:

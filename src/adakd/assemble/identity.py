@@ -71,6 +71,11 @@ def semantic_config(cfg: DictConfig, unused: Iterable[str] = ()) -> Dict[str, An
     train = c.get("train") or {}
     if not (train.get("teacher_cache") or {}).get("enabled", False):
         train.pop("teacher_cache", None)
+    # The fused loss's logit-cache budget changes speed and memory only (tests/test_fused_cache.py pins the
+    # values at every budget): hashed as its former default whatever it is set to, so run directories keep
+    # the names they had when the default was 640 MiB.
+    if "fused_logit_cache_mb" in train:
+        train["fused_logit_cache_mb"] = 640.0
     return c
 
 

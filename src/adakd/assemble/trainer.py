@@ -44,7 +44,7 @@ def build_trainer(cfg: DictConfig, plan: JobPlan, student, tokenizer, data: RunD
         objective = build_objective(cfg.method, cfg.adakd, total_steps=total, impl=cfg.train.loss_impl,
                                     chunk_size=cfg.train.loss_chunk_size, seed=int(cfg.train.seed),
                                     teacher_cache=cfg.train.teacher_cache,
-                                    logit_cache_mb=float(cfg.train.fused_logit_cache_mb),
+                                    logit_cache_mb=cfg.train.fused_logit_cache_mb,
                                     eos_id=tokenizer.eos_token_id)
     d = distributed.info()
     amp = plan.autocast

@@ -10,6 +10,7 @@ is recorded with its error, and the driver goes on (exit status 1 at the end).
     loss              adakd's reference / chunked / fused objective: memory and time ratios, the training-step
                       overhead of AdaKD (bench.loss)
     peers             the same losses against TRL, Liger-Kernel and torchtune where installed (bench.peers)
+    e2e               on-policy distillation steps end to end: adakd gkd against TRL's DistillationTrainer (bench.e2e)
     generate          the batched sampler against transformers one prompt at a time (bench.generate)
     generate_batched  the batched sampler against transformers' batched `generate` (bench.generate_batched)
     teacher_cache     fidelity, speed and size of the top-k teacher cache (bench.teacher_cache)
@@ -34,6 +35,7 @@ from typing import Any, Dict, List
 BENCHES: Dict[str, List[str]] = {   # name -> module and the arguments of the full run
     "loss": ["adakd.bench.loss", "--json"],
     "peers": ["adakd.bench.peers", "--json"],
+    "e2e": ["adakd.bench.e2e", "--json"],
     "generate": ["adakd.bench.generate", "--json", "--threads", "1"],
     "generate_batched": ["adakd.bench.generate_batched", "--json"],
     "teacher_cache": ["adakd.bench.teacher_cache", "--json"],
@@ -42,7 +44,7 @@ BENCHES: Dict[str, List[str]] = {   # name -> module and the arguments of the fu
 }
 VLLM_BENCHES = ("engines_world", "engines_smollm2")
 QUICK: Dict[str, List[str]] = {     # the --quick variants: the whole set in about two minutes
-    "loss": ["--quick"], "peers": ["--quick"], "generate": ["--n-prompts", "8", "--max-new-tokens", "32"],
+    "loss": ["--quick"], "peers": ["--quick"], "e2e": ["--quick"], "generate": ["--n-prompts", "8", "--max-new-tokens", "32"],
     "generate_batched": ["--quick"], "teacher_cache": ["--quick"], "engines_world": ["--quick"],
     "engines_smollm2": ["--quick"],
 }

@@ -8,6 +8,8 @@
 Cases (forward + backward of one KD loss on N tokens x V; the student gets gradients):
   jsd, from hidden states + LM-head weights (generalized JSD, beta 0.5 by default):
     trl_naive        TRL `GKDTrainer.generalized_jsd_loss` on logits materialised from the hidden states
+    trl_distill      TRL `DistillationTrainer`'s loss (trl >= 1.12): `_chunked_divergence_loss`, hidden states
+                     and LM heads in, [4096 tokens x 32768 vocabulary] fp32 tiles, gradients in its backward
     liger_fused      Liger `LigerFusedLinearJSDLoss` (torch chunked loss, compiled=False, its chunk 1024)
     adakd_fused      adakd `KDObjective` on HiddenStates, fused, AdaKD off
     adakd_fused_adakd   the same with LATF r = 0.75 + IDTS (c = 0.5, Hellinger)
@@ -24,6 +26,10 @@ during the timed forward + backward passes; time = median of --reps runs (2) aft
 of a group are live processes at once and take turns run by run, so a load change on the shared
 machine hits them alike; the heavy naive cases (about 10 GB each at full size) run alone. Ratios are
 medians of this run only; the machine is shared and noisy, so read them, not the seconds.
+
+Memory floor: what any fused loss must hold at once, dL/dW [V, H_student] + dL/dhidden [N, H_student] + one
+fp32 chunk of logits per role (student, teacher, the gradient w.r.t. the student's), at adakd's chunk
+(kd.objective.logit_cache.floor_bytes); every jsd case's peak is also given as a multiple of it.
 
 Value checks: the timed losses agree (jsd with TRL and Liger to 1e-6 relative; torchtune's
 cross-entropy minus the teacher entropy == adakd's forward KL), and, on small float64 inputs with
@@ -50,6 +56,8 @@ from typing import Any, Dict, List, Optional
 
 
 import torch
+
+from adakd.kd.objective.logit_cache import floor_bytes
 
 from .peer_cases import (CASES, DEFAULT_CASES, FKL_RTOL, GROUPS, JSD_RTOL, RATIOS, TARGET_SIZE, TARGETS,
                          _tiny, convention_check, leaves, make_inputs, make_step, peer_missing, peer_version,
@@ -213,6 +221,7 @@ def value_checks(cases: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     # jsd: the peer's loss is the compared value itself, so this is plain relative error
     for peer_case, ours, tol, fix in (
         ("trl_naive", "adakd_fused", JSD_RTOL, None),
+        ("trl_distill", "adakd_fused", JSD_RTOL, None),
         ("liger_fused", "adakd_fused", JSD_RTOL, None),
         ("torchtune_chunked", "adakd_chunked", FKL_RTOL, "teacher_entropy"),
     ):
@@ -239,6 +248,21 @@ def value_checks(cases: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
             err = rel(a["loss"], b["loss"])
             checks[case] = {"status": "ok" if err <= 1e-5 else "mismatch", "rel_err": err, "rtol": 1e-5}
     return checks
+
+
+def floor(args, cases: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """The fused loss's memory floor at these sizes and each jsd case's peak as a multiple of it."""
+    mib = 2.0**20
+    parts = {
+        "dW_mb": args.v * args.h_student * 4 / mib,
+        "dh_mb": args.n * args.h_student * 4 / mib,
+        "chunk_logits_mb": 3 * min(args.chunk, args.n) * args.v * 4 / mib,
+    }
+    total = floor_bytes(args.n, args.v, args.h_student, args.chunk) / mib
+    multiples = {c: round(r["peak_mb"] / total, 3) for c, r in cases.items()
+                 if r.get("status") == "ok" and CASES[c].group == "jsd"}
+    return {"mb": round(total, 1), **{k: round(v, 1) for k, v in parts.items()}, "chunk": args.chunk,
+            "memory_ratio": multiples}
 
 
 def judge_targets(ratio: Dict[str, Dict[str, Any]], size) -> Dict[str, Optional[bool]]:
@@ -275,6 +299,10 @@ def run_benchmark(args) -> Dict[str, Any]:
         if CASES[case].peer:
             res["version"] = peer_version(CASES[case].peer)
     ratio = ratios(cases)
+    fl = floor(args, cases)
+    for case, multiple in fl["memory_ratio"].items():
+        if case.startswith("adakd_fused"):
+            ratio[f"{case}_vs_floor"] = {"status": "ok", "time": None, "time_alternated": None, "memory": multiple}
     met = judge_targets(ratio, (args.n, args.v, args.h_student, args.h_teacher))
     return {
         "benchmark": "peers",
@@ -285,6 +313,7 @@ def run_benchmark(args) -> Dict[str, Any]:
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
                     "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
         "cases": cases,
+        "floor": fl,
         "ratios": ratio,
         "value_checks": value_checks(cases),
         "targets": TARGETS,
@@ -318,10 +347,16 @@ def markdown(result: Dict[str, Any]) -> str:
                 note += f"; f64 beta={cc['beta']}: value {cc['value_rel_err']:.0e}, grad {cc['grad_rel_err']:.0e}"
             note += ")"
         lines.append(f"| {label} | {res['peak_mb']:,.0f} | {res['time_s']:.3g} | {res['loss']:.6f} | {note} |")
+    fl = result["floor"]
+    lines += ["", f"memory floor (dW {fl['dW_mb']} + dh {fl['dh_mb']} + 3 x {fl['chunk']} rows of fp32 logits "
+              f"{fl['chunk_logits_mb']}): {fl['mb']} MB; peak / floor: "
+              + ", ".join(f"{c} {m}" for c, m in fl["memory_ratio"].items())]
     lines += ["", "| ratio (measured / baseline) | time | memory |", "|---|---|---|"]
     for name, r in result["ratios"].items():
         if r["status"] != "ok":
             lines.append(f"| {name} | skipped: {r['reason']} | |")
+        elif r["time"] is None:
+            lines.append(f"| {name} | | {r['memory']} |")
         else:
             alt = "" if r["time_alternated"] else " (not alternated)"
             lines.append(f"| {name} | {r['time']}{alt} | {r['memory']} |")

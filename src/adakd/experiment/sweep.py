@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import sys
 import time
 import traceback
@@ -129,6 +131,8 @@ class SweepSummary(Callback):
             rec = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         rec.setdefault("overrides", list(job_return.overrides or []))
         rec["job_num"] = int(config.hydra.job.num)
+        # where the job ran: this callback runs in the job's process (another one per job with submitit)
+        rec["pid"], rec["host"] = os.getpid(), socket.gethostname()
         atomic_write_json(Path(config.hydra.runtime.output_dir) / JOB_FILE, rec)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -39,8 +39,9 @@ class TrainConfig:
     loss_impl: str = "chunked"       # reference | chunked | fused
     loss_chunk_size: int = 1024
     # Fused loss with LATF / IDTS: MiB of pass-1 logits kept for pass 2 instead of recomputing them (the hardest
-    # tokens first; speed only, never values). 640 holds the kept tokens of 2,048 at r = 0.75, V = 50257, fp32.
-    fused_logit_cache_mb: float = 640.0
+    # tokens first; speed only, never values). null: derived from the fused loss's memory floor (dL/dW + dL/dh +
+    # a chunk of logits per role), so that the loss stays within twice it (kd.objective.logit_cache); 0: none.
+    fused_logit_cache_mb: Optional[float] = None
     log_every: int = 10
     ckpt_every: int = 200            # steps between checkpoints (0 = only at the end)
     keep_last: int = 2

@@ -20,7 +20,7 @@ in float32 at least. Higher = harder. Row-wise metrics see one [n, V] chunk at a
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -99,12 +99,21 @@ class DifficultyMetric:
         return torch.rand(n, generator=self.generator, device=gen_device, dtype=dtype).to(device)
 
     @torch.no_grad()
-    def rows(self, student_logits: Tensor, teacher_logits: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+    def rows(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        labels: Optional[Tensor] = None,
+        scratch: Optional[Tuple[Tensor, Tensor]] = None,
+    ) -> Tensor:
+        """Scores of rows of logits, leaving them intact. `scratch`: two buffers in the compute dtype with as
+        many rows for the two log-softmaxes (the fused path's workspace), else new ones."""
         if not self.uses_logits:
             dtype = compute_dtype(student_logits, teacher_logits)
             return self.constant(student_logits.shape[0], student_logits.device, dtype)
         dtype = compute_dtype(student_logits, teacher_logits)
-        lq = log_probs(student_logits, dtype)
+        out_q, out_p = (None, None) if scratch is None else scratch
+        lq = log_probs(student_logits, dtype, out=out_q)
         if self.name == "entropy":
             return _entropy(lq)
         if self.name == "ce":
@@ -113,7 +122,7 @@ class DifficultyMetric:
             if int(labels.max()) >= lq.shape[-1] or int(labels.min()) < 0:
                 raise ValueError(f"ce difficulty: label ids must be in [0, {lq.shape[-1]})")
             return -lq.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
-        lp = log_probs(teacher_logits, dtype)
+        lp = log_probs(teacher_logits, dtype, out=out_p)
         if self.name == "hellinger":
             return _hellinger(lq, lp)
         if self.name == "fkl":

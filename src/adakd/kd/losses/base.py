@@ -33,7 +33,20 @@ def compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def log_probs(logits: Tensor, dtype: torch.dtype) -> Tensor:
+def log_probs(logits: Tensor, dtype: torch.dtype, overwrite: bool = False, out: Optional[Tensor] = None) -> Tensor:
+    """log_softmax in `dtype`, by the same kernel whatever the buffer (bit-identical values).
+
+    `overwrite`: `logits` is a private buffer the caller no longer needs; the result is written over it.
+    `out`: a scratch buffer in `dtype` with as many rows (the fused path's workspace), used otherwise.
+    """
+    if not logits.requires_grad:
+        if overwrite and logits.dtype == dtype and logits.is_contiguous():
+            return torch.log_softmax(logits, dim=-1, out=logits)
+        if out is not None:
+            out = out[: logits.shape[0]]
+            if logits.dtype != dtype:
+                return torch.log_softmax(out.copy_(logits), dim=-1, out=out)
+            return torch.log_softmax(logits, dim=-1, out=out)
     return F.log_softmax(logits.to(dtype), dim=-1)
 
 
@@ -126,11 +139,21 @@ class Divergence:
         """Per-row divergence from student log-probs `lq` and teacher log-probs `lp`."""
         raise NotImplementedError
 
-    def value_and_grad(self, student_logits: Tensor, teacher_logits: Tensor) -> Tuple[Tensor, Tensor]:
+    def value_and_grad(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        overwrite: Tuple[bool, bool] = (False, False),
+        scratch: Optional[Tuple[Tensor, Tensor]] = None,
+    ) -> Tuple[Tensor, Tensor]:
         """(per-row values [N], d sum(values) / d student_logits [N, V]) without keeping a graph.
 
         The generic version uses autograd on the rows given (the objective hands in one chunk).
-        fkl and rkl override it with closed forms that need two [N, V] temporaries.
+        fkl, rkl and jsd override it with closed forms that need two to four [N, V] buffers.
+        `overwrite`: the student / teacher rows are private copies the closed forms may overwrite (the
+        fused path's freshly computed logits), which saves the buffers of their log-softmax.
+        `scratch`: two buffers of at least N rows in the compute dtype for the temporaries (rkl, jsd);
+        with it and `overwrite`, the gradient is returned in the student rows' buffer.
         """
         with torch.enable_grad():
             s = student_logits.detach().requires_grad_(True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 from torch import Tensor
 
@@ -17,12 +17,18 @@ class ForwardKL(Divergence):
     def from_log_probs(self, lq: Tensor, lp: Tensor) -> Tensor:
         return kl_rows(lp, lq)
 
-    def value_and_grad(self, student_logits: Tensor, teacher_logits: Tensor) -> Tuple[Tensor, Tensor]:
+    def value_and_grad(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        overwrite: Tuple[bool, bool] = (False, False),
+        scratch: Optional[Tuple[Tensor, Tensor]] = None,
+    ) -> Tuple[Tensor, Tensor]:
         # d/ds_j sum_v p_v (log p_v - log q_v) = q_j * P - p_j * m_j, where m_j = 1 on slots the
         # student can reach (a floored log 0 is a constant: no gradient) and P = sum_v p_v m_v (= 1 normally).
         dtype = compute_dtype(student_logits, teacher_logits)
-        lq = log_probs(student_logits.detach(), dtype)
-        lp = log_probs(teacher_logits.detach(), dtype)
+        lq = log_probs(student_logits.detach(), dtype, overwrite[0])
+        lp = log_probs(teacher_logits.detach(), dtype, overwrite[1])
         reach = lq.isfinite()
         d = log_ratio(lp, lq)
         p = lp.exp_()

@@ -12,6 +12,8 @@ class Chunk:
     index: Tensor  # flat token indices [c] (ascending)
     start: int  # position of the chunk in the index list
     span: Optional[Tuple[int, int]]  # (lo, hi) when the indices are one contiguous run
+    # positions in the kept-token list where they are not start .. start + len (the fused path's two phases)
+    pos: Optional[Tensor] = None
 
 
 def split_chunks(index: Tensor, chunk_size: int) -> List[Chunk]:

@@ -51,7 +51,7 @@ class KDObjective:
         topk_form: str = _TOPK.form,
         topk_tail: str = _TOPK.tail,
         max_vocab_pad: int = DEFAULT_MAX_VOCAB_PAD,
-        logit_cache_mb: float = _TRAIN.fused_logit_cache_mb,
+        logit_cache_mb: Optional[float] = _TRAIN.fused_logit_cache_mb,
         hold_tau: Optional[Tuple[int, float]] = None,
     ):
         if topk_form not in FORMS:
@@ -65,8 +65,9 @@ class KDObjective:
         self.generator = generator
         self.topk_form, self.topk_tail = topk_form, topk_tail
         self.max_vocab_pad = int(max_vocab_pad)
-        # fused path with scoring: MiB of pass-1 logits kept for pass 2 (0 = recompute every kept token)
-        self.logit_cache_mb = float(logit_cache_mb)
+        # fused path with scoring: MiB of pass-1 logits kept for pass 2 (0 = recompute every kept token;
+        # None = derived from the memory floor, kd.objective.logit_cache.auto_budget_bytes)
+        self.logit_cache_mb = None if logit_cache_mb is None else float(logit_cache_mb)
         # (token id, tau): that target's temperature held fixed whatever the policy says (adakd.end_tau)
         self.hold_tau = hold_tau
 
@@ -149,12 +150,13 @@ class KDObjective:
                 t_logits = F.linear(teacher.hidden, teacher.weight[:v], bt)
             return self._logits(s_logits, t_logits, labels, telemetry)
         src = HiddenRows(student.hidden, student.weight, student.bias, teacher.hidden, teacher.weight,
-                         teacher.bias, v, cache_bytes=self.logit_cache_mb * 2**20)
+                         teacher.bias, v,
+                         cache_bytes=None if self.logit_cache_mb is None else self.logit_cache_mb * 2**20)
         try:
             return run_pipeline(src, (student.hidden, student.weight, student.bias), labels, impl="fused",
                                 fused=True, **self._options(telemetry))
         finally:
-            src.cache = None  # the loss holds its gradients already: free the cached logits now
+            src.cache = src.work = None  # the loss holds its gradients already: free the cached logits now
 
     # --------------------------------------------------------------------------------------- state
     def step_end(self, kd_loss: float) -> float:
@@ -202,7 +204,7 @@ def build_objective(
     chunk_size: int = _TRAIN.loss_chunk_size,
     seed: int = 0,
     teacher_cache: Any = None,
-    logit_cache_mb: float = _TRAIN.fused_logit_cache_mb,
+    logit_cache_mb: Optional[float] = _TRAIN.fused_logit_cache_mb,
     eos_id: Optional[int] = None,
 ) -> KDObjective:
     """The trainer's objective from the `method`, `adakd` (and `train.teacher_cache`) config groups.

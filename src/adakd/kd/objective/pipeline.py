@@ -20,7 +20,8 @@ from ...data.prompts import IGNORE_INDEX
 from ..adaptive.difficulty import DifficultyMetric
 from ..adaptive.temperature import TemperaturePolicy
 from ..losses import Divergence
-from .chunked import ChunkedLogitsLoss, FusedHiddenLoss, Plan
+from .chunked import ChunkedLogitsLoss, Plan
+from .fused import FusedHiddenLoss, score_hidden
 from .chunks import Chunk, split_chunks
 from .token_values import scaled, token_values, values_and_grads
 
@@ -54,14 +55,9 @@ def score_chunked(
     if not metric.uses_logits:
         return metric.constant(idx_valid.numel(), src.device, src.dtype)
     scores = torch.empty(idx_valid.numel(), dtype=src.dtype, device=src.device)
-    cache = getattr(src, "cache", None)  # fused path: keep the hardest tokens' logits for pass 2
     for ch in split_chunks(idx_valid, chunk_size):
         stop = ch.start + ch.index.numel()
-        s_rows, t_rows = src.student(ch), src.teacher(ch)
-        chunk_scores = metric.rows(s_rows, t_rows, labels_valid[ch.start : stop])  # leaves its inputs intact
-        scores[ch.start : stop] = chunk_scores
-        if cache is not None:
-            cache.offer(ch.index, (s_rows, t_rows), chunk_scores)
+        scores[ch.start : stop] = metric.rows(src.student(ch), src.teacher(ch), labels_valid[ch.start : stop])
     return scores
 
 
@@ -142,9 +138,9 @@ def run_pipeline(
                 if metric.uses_logits
                 else metric.constant(n, src.device, src.dtype)
             )
+        elif fused and metric.uses_logits:
+            scores = score_hidden(metric, src, idx_valid, labels_valid, k, chunk_size)
         else:
-            if fused and metric.uses_logits:
-                src.start_cache(k)
             scores = score_chunked(metric, src, idx_valid, labels_valid, chunk_size)
 
     kept_local = select_tokens(scores, k) if k < n else torch.arange(n, device=idx_valid.device)
@@ -158,7 +154,7 @@ def run_pipeline(
         per = reference_values(src, idx_kept, tau, div, policy.standardize)
         loss = per.mean()
     else:
-        plan = Plan(div, src, split_chunks(idx_kept, chunk_size), k, policy.standardize)
+        plan = Plan(div, src, split_chunks(idx_kept, chunk_size), k, policy.standardize, idx_kept, chunk_size)
         if fused:
             _, ws, bs = student_inputs
             loss, per = FusedHiddenLoss.apply(src.hs, ws, bs, tau, plan)

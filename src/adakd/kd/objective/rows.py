@@ -19,7 +19,7 @@ from torch import Tensor
 from ..losses import compute_dtype
 from ..losses.sparse import dense_teacher
 from .chunks import Chunk, flat_view, take
-from .logit_cache import LogitCache
+from .logit_cache import LogitCache, auto_budget_bytes
 
 
 class LogitRows:
@@ -97,7 +97,7 @@ class HiddenRows:
         wt: Tensor,
         bt: Optional[Tensor],
         vocab: int,
-        cache_bytes: float = 0.0,
+        cache_bytes: Optional[float] = 0.0,
     ):
         self.hs = hs.reshape(-1, hs.shape[-1])
         self.ws, self.bs = ws[:vocab], (None if bs is None else bs[:vocab])
@@ -106,40 +106,55 @@ class HiddenRows:
         self.v = vocab
         self.dtype = compute_dtype(self.hs, self.ws, self.ht, self.wt)
         self.device = self.hs.device
-        self.cache_bytes = cache_bytes
+        self.cache_bytes = cache_bytes  # None: derived from the memory floor (logit_cache.auto_budget_bytes)
         self.cache: Optional[LogitCache] = None
+        self.work = None  # fused.Workspace, while a loss call runs
 
     def owned(self, ch: Chunk) -> Tuple[bool, bool]:
-        return True, True  # logits are computed per chunk (or copied out of the cache)
+        return True, True  # logits are computed per chunk
 
     def student_hidden(self, ch: Chunk) -> Tensor:
         return take(self.hs.detach(), ch)
 
-    def _student(self, ch: Chunk) -> Tensor:
+    def student(self, ch: Chunk, out: Optional[Tensor] = None) -> Tensor:
+        """Student logits of `ch` (into the first rows of `out` where given)."""
         with torch.no_grad():
-            return F.linear(
-                self.student_hidden(ch), self.ws.detach(), None if self.bs is None else self.bs.detach()
-            )
+            bs = None if self.bs is None else self.bs.detach()
+            return _linear(self.student_hidden(ch), self.ws.detach(), bs, out)
 
-    def _teacher(self, ch: Chunk) -> Tensor:
+    def teacher(self, ch: Chunk, out: Optional[Tensor] = None) -> Tensor:
         with torch.no_grad():
-            return F.linear(take(self.ht, ch), self.wt, self.bt)
+            return _linear(take(self.ht, ch), self.wt, self.bt, out)
 
-    def student(self, ch: Chunk) -> Tensor:
-        return self._student(ch) if self.cache is None else self.cache.rows(0, ch, self._student)
+    def budget_bytes(self, chunk: int) -> float:
+        """The logit cache's budget: as set, or derived from the fused loss's memory floor."""
+        if self.cache_bytes is not None:
+            return float(self.cache_bytes)
+        grad_bytes = torch.promote_types(self.ws.dtype, torch.float32).itemsize
+        return float(auto_budget_bytes(
+            self.hs.shape[0], self.v, self.hs.shape[1], chunk, grad_bytes=grad_bytes,
+            hidden_bytes=self.hs.element_size(), compute_bytes=self.dtype.itemsize,
+            with_weight_grad=self.hs.dtype != self.dtype,
+        ))
 
-    def teacher(self, ch: Chunk) -> Tensor:
-        return self._teacher(ch) if self.cache is None else self.cache.rows(1, ch, self._teacher)
-
-    def start_cache(self, n_kept: int) -> None:
-        """Before pass 1: room for the logits of up to n_kept tokens, within `cache_bytes`."""
+    def start_cache(self, n_kept: int, chunk: int) -> Optional[LogitCache]:
+        """Before pass 1: room for the logits of up to n_kept tokens, within the budget (None: no room)."""
         per_token = self.v * (self.hs.element_size() + self.ht.element_size())
-        slots = min(n_kept, int(self.cache_bytes // per_token))
+        slots = min(n_kept, int(self.budget_bytes(chunk) // per_token))
         if slots > 0:
             dtypes = (self.hs.dtype, self.ht.dtype)  # what F.linear returns: the rows are kept as computed
             self.cache = LogitCache(slots, self.hs.shape[0], self.v, dtypes, self.device)
+        return self.cache
 
 
+def _linear(h: Tensor, w: Tensor, b: Optional[Tensor], out: Optional[Tensor]) -> Tensor:
+    """F.linear(h, w, b), written into out[:len(h)] where given (the same matmul kernel: the same values)."""
+    if out is None:
+        return F.linear(h, w, b)
+    out = out[: h.shape[0]]
+    if b is None:
+        return torch.mm(h, w.t(), out=out)
+    return torch.addmm(b, h, w.t(), out=out)
 
 
 class ReferenceRows(LogitRows):

@@ -51,16 +51,22 @@ def values_and_grads(
     standardize: bool,
     want_tau_grad: bool,
     owned: Tuple[bool, bool] = (False, False),
+    scratch: Optional[Tuple[Tensor, Tensor]] = None,
 ) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
     """(values [n], d sum(values)/d s_rows [n, V] in the compute dtype, d sum(values)/d tau [n] or None).
 
     `owned`: whether the student / teacher rows are private copies that may be overwritten.
+    `scratch`: two buffers of n rows in the compute dtype for the divergence's temporaries.
     """
     dtype = compute_dtype(s_rows, t_rows)
     if div.has_analytic_grad and not standardize and not want_tau_grad:
+        s = scaled(s_rows, tau, dtype, False, owned[0])
+        t = scaled(t_rows, tau, dtype, False, owned[1])
+        # rows that are private here (owned, or new from the division / the cast) may be overwritten
         values, grad = div.value_and_grad(
-            scaled(s_rows, tau, dtype, False, owned[0]), scaled(t_rows, tau, dtype, False, owned[1])
+            s, t, overwrite=(owned[0] or s is not s_rows, owned[1] or t is not t_rows), scratch=scratch
         )
+        del s, t
         if tau is not None:
             tau = tau.to(dtype)
             values = values * tau.square()
