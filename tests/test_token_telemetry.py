@@ -161,3 +161,30 @@ def test_diagnose_tokens_groups_by_place_and_aligns_the_kept_tensors(tmp_path):
     assert by["first"]["tau"] == pytest.approx((0.6 + 1.0 + 0.7) / 3)
     assert by["end"]["grad_share"] == pytest.approx(2.0 / 10.0)
     assert by["rest"]["n"] == 0
+
+
+@pytest.mark.parametrize("half", ["warm", "cool"])
+@pytest.mark.parametrize("impl", ["reference", "chunked"])
+def test_tau_half_applies_only_the_warm_or_the_cool_temperatures(half, impl):
+    s, t, labels = make_batch(seed=8)
+    a = AdakdConfig(latf=True, idts=True, ratio_schedule="fixed", ratio_end=0.55, tau_half=half)
+    obj = build_objective(MethodConfig(divergence="rkl"), a, total_steps=10, impl=impl, chunk_size=4)
+    loss, stats = obj(s, t, labels, telemetry=True)
+    _, kept, tau = oracle_adakd(s, t, labels, "rkl", ratio=0.55, idts=True)
+    assert (tau > 1).any() and (tau < 1).any()
+    tau = np.maximum(tau, 1.0) if half == "warm" else np.minimum(tau, 1.0)
+    v = s.shape[-1]
+    S, T = s.reshape(-1, v).numpy()[kept], t.reshape(-1, v).numpy()[kept]
+    expect = (oracle_divergence("rkl", S / tau[:, None], T / tau[:, None]) * tau**2).mean()
+    assert loss.item() == pytest.approx(expect, rel=1e-10)
+    np.testing.assert_allclose(stats["_tensors"]["tau"].numpy(), tau, rtol=1e-12)
+
+
+def test_tau_half_both_keeps_the_run_directory_and_a_bad_value_is_refused():
+    cfg = compose_cfg(["experiment=smoke"])
+    assert "tau_half" not in semantic_config(cfg)["adakd"]
+    warm = cfg.copy()
+    OmegaConf.update(warm, "adakd.tau_half", "warm")
+    assert run_dir(warm, "x") != run_dir(cfg, "x")
+    with pytest.raises(ConfigError, match="adakd.tau_half"):
+        validate_config(compose_cfg(["adakd.tau_half=hot"]))

@@ -66,8 +66,12 @@ def semantic_config(cfg: DictConfig, unused: Iterable[str] = ()) -> Dict[str, An
         recipe.pop("engine", None)
         recipe.pop("refresh_every", None)
     # The end-of-answer temperature not held (a diagnostic switch) is the run as before the switch existed.
-    if "end_tau" in (c.get("adakd") or {}) and c["adakd"]["end_tau"] is None:
-        c["adakd"].pop("end_tau")
+    # So is the tau_half switch at "both" (the method).
+    adakd = c.get("adakd") or {}
+    if "end_tau" in adakd and adakd["end_tau"] is None:
+        adakd.pop("end_tau")
+    if adakd.get("tau_half") == "both":
+        adakd.pop("tau_half")
     train = c.get("train") or {}
     if not (train.get("teacher_cache") or {}).get("enabled", False):
         train.pop("teacher_cache", None)

@@ -22,7 +22,7 @@ from ..data.prompts import OVERLONG_POLICIES
 from ..errors import ConfigError
 from ..kd.adaptive.difficulty import METRICS
 from ..kd.adaptive.ratio import SCHEDULES as RATIO_SCHEDULES
-from ..kd.adaptive.temperature import DIRECTIONS, TEMPERATURES
+from ..kd.adaptive.temperature import DIRECTIONS, TAU_HALVES, TEMPERATURES
 from ..kd.losses import DIVERGENCES
 from ..kd.losses.sparse import FORMS, TAIL_MODES
 from ..kd.objective import IMPLS as LOSS_IMPLS
@@ -134,6 +134,7 @@ def validate_config(cfg: DictConfig) -> None:
     _choice(e, "adakd.ratio_schedule", a.ratio_schedule, RATIO_SCHEDULES)
     _choice(e, "adakd.temperature", a.temperature, TEMPERATURES)
     _choice(e, "adakd.direction", a.direction, DIRECTIONS)
+    _choice(e, "adakd.tau_half", a.tau_half, TAU_HALVES)
     for key, valid in ADAKD_RANGES.items():
         if a[key] is not None:   # an optional setting (adakd.end_tau) left unset has no range to be in
             _in(e, f"adakd.{key}", a[key], valid)

@@ -34,6 +34,9 @@ class AdakdConfig:
     # A diagnostic (docs/reproducing.md, what IDTS's gain is made of): the temperature of every kept token whose
     # target is the end-of-sequence token held at this value whatever the policy gives it; null = not held.
     end_tau: Optional[float] = None
+    # A diagnostic: "warm" applies only the temperatures above 1 (the others are 1), "cool" only those below 1;
+    # "both" is the method.
+    tau_half: str = "both"
     # Temperature when idts is false (Table 5 ablations): constant (tau_base), ctkd, logit_std.
     temperature: str = "constant"
     # CTKD (temperature: ctkd): learned global temperature (starts at tau_base) behind a gradient

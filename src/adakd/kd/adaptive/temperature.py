@@ -35,6 +35,7 @@ from ..losses.base import check_in, check_range, check_total_steps
 _A = AdakdConfig()   # the defaults, defined once in the schema
 
 DIRECTIONS = ("inverse", "direct")
+TAU_HALVES = ("both", "warm", "cool")   # adakd.tau_half: which temperatures are applied (a diagnostic)
 TEMPERATURES = ("constant", "ctkd", "logit_std")
 
 

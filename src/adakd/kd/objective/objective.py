@@ -24,7 +24,7 @@ from ...schema.method import MethodConfig
 from ...schema.train import TeacherCacheConfig, TrainConfig
 from ..adaptive.difficulty import BucketMetric, DifficultyMetric
 from ..adaptive.ratio import RatioSchedule, build_ratio_schedule
-from ..adaptive.temperature import TemperaturePolicy, build_temperature
+from ..adaptive.temperature import TAU_HALVES, TemperaturePolicy, build_temperature
 from ..losses import Divergence, build_divergence
 from ..losses.base import check_in
 from ..losses.sparse import FORMS, BucketDivergence, TeacherTopK
@@ -53,6 +53,7 @@ class KDObjective:
         max_vocab_pad: int = DEFAULT_MAX_VOCAB_PAD,
         logit_cache_mb: Optional[float] = _TRAIN.fused_logit_cache_mb,
         hold_tau: Optional[Tuple[int, float]] = None,
+        tau_half: str = "both",
     ):
         if topk_form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {topk_form!r}")
@@ -70,6 +71,10 @@ class KDObjective:
         self.logit_cache_mb = None if logit_cache_mb is None else float(logit_cache_mb)
         # (token id, tau): that target's temperature held fixed whatever the policy says (adakd.end_tau)
         self.hold_tau = hold_tau
+        # "warm" / "cool": only the temperatures above / below 1 are applied (adakd.tau_half, a diagnostic)
+        if tau_half not in TAU_HALVES:
+            raise ValueError(f"adakd.tau_half must be one of {TAU_HALVES}, got {tau_half!r}")
+        self.tau_half = tau_half
 
     def __repr__(self) -> str:
         return (
@@ -98,7 +103,8 @@ class KDObjective:
 
     def _options(self, telemetry: bool) -> Dict[str, Any]:
         return dict(div=self.divergence, metric=self.metric, ratio=self.ratio, policy=self.temperature,
-                    chunk_size=self.chunk_size, telemetry=telemetry, hold_tau=self.hold_tau)
+                    chunk_size=self.chunk_size, telemetry=telemetry, hold_tau=self.hold_tau,
+                    tau_half=self.tau_half)
 
     def _logits(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, telemetry: bool):
         check_shapes(student_logits[..., :1], teacher_logits[..., :1], labels)
@@ -244,7 +250,8 @@ def build_objective(
     )
     return KDObjective(div, metric=metric, schedule=schedule, temperature=temperature, impl=impl,
                        chunk_size=chunk_size, generator=generator, topk_form=topk.form, topk_tail=topk.tail,
-                       logit_cache_mb=logit_cache_mb, hold_tau=end_of_answer_hold(a.end_tau, eos_id))
+                       logit_cache_mb=logit_cache_mb, hold_tau=end_of_answer_hold(a.end_tau, eos_id),
+                       tau_half=a.tau_half)
 
 
 def end_of_answer_hold(end_tau: Optional[float], eos_id: Optional[int]) -> Optional[Tuple[int, float]]:

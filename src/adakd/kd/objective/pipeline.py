@@ -111,9 +111,11 @@ def run_pipeline(
     telemetry: bool,
     fused: bool,
     hold_tau: Optional[Tuple[int, float]] = None,
+    tau_half: str = "both",
 ) -> Tuple[Tensor, Dict[str, Any]]:
-    """hold_tau (token id, tau): every kept token whose target is that id gets that temperature instead of the
-    policy's (a diagnostic: e.g. the end-of-answer token held at tau = 1 under IDTS)."""
+    """Two diagnostics of the temperatures (docs/reproducing.md): hold_tau (token id, tau): every kept token whose
+    target is that id gets that temperature instead of the policy's (e.g. the end-of-answer token at tau = 1);
+    tau_half "warm" / "cool": only the policy's temperatures above / below 1 are used, the others are 1."""
     labels_flat = labels.reshape(-1)
     idx_valid = (labels_flat != IGNORE_INDEX).nonzero().squeeze(1)
     n = idx_valid.numel()
@@ -147,6 +149,8 @@ def run_pipeline(
     idx_kept = idx_valid[kept_local]
     scores_kept = None if scores is None else scores[kept_local]
     tau = policy.temperatures(scores_kept, k, src.device, src.dtype)
+    if tau is not None and tau_half != "both":
+        tau = tau.clamp(min=1.0) if tau_half == "warm" else tau.clamp(max=1.0)
     if hold_tau is not None:
         tau = held(tau, labels_valid[kept_local], *hold_tau)
 
