@@ -66,8 +66,8 @@ def test_the_prompts_are_the_trainers():
     from adakd.training.schedule import EpochSampler
 
     ctx = Context()
-    data = run_data(cfg, ctx)
-    encoded = encoded_train(cfg, get_tokenizer(cfg, data, ctx, roles=("teacher", "student")), data, ctx)
+    data = run_data(cfg.dataset, ctx)
+    encoded = encoded_train(cfg.dataset, get_tokenizer(cfg, data, ctx, roles=("teacher", "student")), data, ctx)
     first = EpochSampler(len(encoded), int(cfg.train.seed)).take(0, a.batch)[0]
     n = len(prompts[0])
     assert encoded[first]["input_ids"][:n] == prompts[0] and encoded[first]["labels"][n] != -100

@@ -47,6 +47,7 @@ from adakd.assemble.context import Context
 from adakd.assemble.data import encoded_train, run_data
 from adakd.assemble.identity import model_path
 from adakd.assemble.student import get_student
+from adakd.assemble.teacher import Teacher, get_teacher
 from adakd.assemble.tokenizer import get_tokenizer
 from adakd.assemble.trainer import build_trainer
 from adakd.experiment.config_check import validate_config
@@ -86,9 +87,9 @@ def _compose(overrides: List[str]):
 def step_prompts(a, cfg) -> List[List[int]]:
     """The prompt ids of the first steps x batch training examples, in the order adakd's trainer draws them."""
     ctx = Context()
-    data = run_data(cfg, ctx)
+    data = run_data(cfg.dataset, ctx)
     tok = get_tokenizer(cfg, data, ctx, roles=("teacher", "student"))
-    encoded = encoded_train(cfg, tok, data, ctx)
+    encoded = encoded_train(cfg.dataset, tok, data, ctx)
     sampler = EpochSampler(len(encoded), int(cfg.train.seed))
     ids = [i for s in range(a.steps) for i in sampler.take(s * a.batch, a.batch)]
     return [prompt_of_example(encoded[i]) for i in ids]
@@ -101,11 +102,13 @@ def run_adakd(a, engine: str = "native") -> Dict[str, Any]:
         validate_config(cfg)
         job = plan_jobs(cfg)[-1]
         ctx, device = Context(), torch.device("cpu")
+        plan = job.plan(device, None)
         seed_everything(int(cfg.train.seed))
-        data = run_data(cfg, ctx)
-        tok = get_tokenizer(cfg, data, ctx, roles=job.task.roles)
-        student, _ = get_student(cfg, tok, ctx, device, for_training=True)
-        trainer, _ = build_trainer(cfg, job.run_dir, student, tok, data, ctx, device, NullLogger(), with_teacher=True)
+        data = run_data(cfg.dataset, ctx)
+        tok = get_tokenizer(cfg, data, ctx, roles=plan.roles)
+        student, _ = get_student(cfg.model.student, tok, device, for_training=True)
+        teacher = Teacher(*get_teacher(cfg, tok, data, ctx, device))   # after the student, as the runner does
+        trainer, _ = build_trainer(cfg, plan, student, tok, data, ctx, NullLogger(), teacher=teacher)
         source = trainer.batch_source
         steps: List[Dict[str, float]] = []
         timer = {"sampling_s": 0.0, "trained": 0.0}
@@ -269,7 +272,8 @@ def run_benchmark(a) -> Dict[str, Any]:
         if r.get("status") == "ok":
             r["dominated_by"] = dominant(r)
     ratios: Dict[str, Any] = {}
-    ours, trl = sides["adakd"], sides["trl"]
+    ours = sides["adakd"]
+    trl = sides.get("trl", {"status": "skipped", "reason": "not run"})
     if ours.get("status") == "ok" and trl.get("status") == "ok":
         ratios["adakd_vs_trl"] = {
             "status": "ok",
