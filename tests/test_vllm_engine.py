@@ -219,6 +219,48 @@ def test_many_seeded_requests_at_once(engine, world_teacher):
 @pytest.mark.vllm
 @pytest.mark.integration
 @needs_vllm
+def test_vllm_samples_are_draws_from_the_reference_model(engine, world_teacher):
+    """The calibration check (adakd.evaluation.calibration) on vLLM's samples, scored by the transformers model: the
+    engine's model, its logits processing and its random draws give the model's distribution at the temperature
+    asked for (the native sampler passes the same check, tests/test_calibration.py); a temperature it did not
+    honour would be caught (0.7 is). Its log-probabilities are the model's too."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from adakd.evaluation.calibration import calibration, surprisal_gaps
+
+    from .test_calibration import world_prompts
+    _, model, tok = world_teacher
+    encoded = world_prompts(tok)
+    keys = [f"c{i}" for i in range(len(encoded))]
+    requests = [r for seed in range(10, 110, 10) for r in build_requests(encoded, keys, seed=seed, max_new_tokens=32,
+                                                                         limit=256)]
+
+    def z(temperature):
+        answers = engine.generate(requests, temperature=temperature)
+        gaps = surprisal_gaps(model, [r.prompt for r in requests], answers, eos_ids=engine.eos_ids,
+                              caps=[r.max_tokens for r in requests])
+        return calibration(gaps)["z"], answers
+
+    exact, answers = z(1.0)
+    assert abs(exact) < 4
+    assert z(0.7)[0] < -4
+    seqs = [r.prompt + a for r, a in zip(requests[:24], answers[:24])]
+    scored = engine.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs],
+                                 SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False),
+                                 use_tqdm=False)
+    worst = 0.0
+    for s, res in zip(seqs, scored):
+        with torch.no_grad():
+            ref = model(torch.tensor([s])).logits[0].double().log_softmax(-1)
+        worst = max(worst, max(abs(res.prompt_logprobs[i][s[i]].logprob - ref[i - 1, s[i]].item())
+                               for i in range(1, len(s))))
+    assert worst < 1e-3
+
+
+@pytest.mark.vllm
+@pytest.mark.integration
+@needs_vllm
 def test_refreshed_weights_are_the_ones_that_sample(engine, world_teacher):
     """Greedy decoding after load_weights equals the native greedy decoding of the new weights."""
     _, model, tok = world_teacher

@@ -5,6 +5,7 @@ themselves, and the student's probability of ending its answer.
     python -m adakd.experiment.diagnose answers RUN_DIR [RUN_DIR ...] [--benchmarks world-test world-longctx]
     python -m adakd.experiment.diagnose paired  RUN_A RUN_B [--benchmarks ...]
     python -m adakd.experiment.diagnose eos     RUN_DIR [RUN_DIR ...] [--benchmarks ...]
+    python -m adakd.experiment.diagnose engines RUN_A RUN_B
 
 - `tokens`: the telemetry rows (adakd.telemetry_every) grouped by place: the end-of-answer token (the last
   response token, whose target is EOS), the first response tokens (positions 0-2) and the rest. For each: the
@@ -16,6 +17,9 @@ themselves, and the student's probability of ending its answer.
   characters long: whether a difference survives setting the near-empty answers aside.
 - `eos`: teacher-forced on each prompt's first reference, the model's probability of ending the answer at the
   first response positions, in the middle and at the reference's end.
+- `engines`: two runs of one job evaluated by two engines (eval.engine=native and vllm, the same eval.seeds):
+  per row (the baselines and the run), the Avg over the benchmarks, mean +- sd over the generation seeds, the
+  difference B - A, its standard error from the two spreads, and whether it is within A's spread.
 Everything is printed as markdown tables; nothing is written.
 """
 from __future__ import annotations
@@ -142,6 +146,41 @@ def eos_probabilities(run_dir: Path, benchmark: str, *, max_prompts: Optional[in
     return {k: _mean(v) for k, v in buckets.items()}
 
 
+# ------------------------------------------------------------------------------------------ engines
+def seed_avgs(metrics: dict) -> Dict[str, List[float]]:
+    """Per row of a metrics.json (its baselines, then the run itself): the Avg over the benchmarks at each
+    generation seed."""
+    def per_seed(rouge: dict) -> List[float]:
+        counts = {len(v["per_seed"]) for v in rouge.values()}
+        if len(counts) != 1:
+            raise ValueError(f"benchmarks with different numbers of seeds: {sorted(counts)}")
+        return [_mean([v["per_seed"][i] for v in rouge.values()]) for i in range(counts.pop())]
+    rows = {name: per_seed(b["rougeL"]) for name, b in metrics.get("baselines", {}).items()}
+    rows[str(metrics["run"].get("name", "run"))] = per_seed(metrics["rougeL"])
+    return rows
+
+
+def engine_agreement(run_a: Path, run_b: Path) -> List[dict]:
+    """Row by row: A's and B's seed-mean Avg and spread, B - A and its standard error."""
+    ma, mb = (json.loads((Path(r) / "metrics.json").read_text()) for r in (run_a, run_b))
+    if ma["protocol"]["seeds"] != mb["protocol"]["seeds"]:
+        raise ValueError(f"the runs were evaluated at other generation seeds: {ma['protocol']['seeds']} and "
+                         f"{mb['protocol']['seeds']}")
+    a, b = seed_avgs(ma), seed_avgs(mb)
+    out = []
+    for name in a:
+        if name not in b:
+            continue
+        xa, xb = a[name], b[name]
+        sa = statistics.stdev(xa) if len(xa) > 1 else float("nan")
+        sb = statistics.stdev(xb) if len(xb) > 1 else float("nan")
+        diff = _mean(xb) - _mean(xa)
+        out.append({"row": name, "a": _mean(xa), "sd_a": sa, "b": _mean(xb), "sd_b": sb, "diff": diff,
+                    "se": (sa ** 2 / len(xa) + sb ** 2 / len(xb)) ** 0.5, "seeds": len(xa),
+                    "within": abs(diff) <= sa})
+    return out
+
+
 # ------------------------------------------------------------------------------------------ printing
 def _label(run_dir: Path) -> str:
     return Path(run_dir).name
@@ -159,7 +198,7 @@ def _f(x: float, digits: int = 3) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m adakd.experiment.diagnose", description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("tokens", "answers", "paired", "eos"))
+    ap.add_argument("what", choices=("tokens", "answers", "paired", "eos", "engines"))
     ap.add_argument("runs", nargs="+", type=Path, help="run directories (outputs/runs/<name>-<hash>)")
     ap.add_argument("--benchmarks", nargs="+", default=["world-test", "world-longctx"])
     ap.add_argument("--max-prompts", type=int, default=None, help="eos: the first n prompts of each benchmark")
@@ -184,6 +223,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for b_ in args.benchmarks for s in [paired_completed(a, b, b_)]]
         print(f"A = {_label(a)}, B = {_label(b)}; answers of at least {NEAR_EMPTY} characters in both")
         print(_table(["benchmark", "pairs kept", "ROUGE-L A", "ROUGE-L B", "B - A"], rows))
+    elif args.what == "engines":
+        if len(args.runs) != 2:
+            ap.error("engines takes two run directories")
+        a, b = args.runs
+        agreement = engine_agreement(a, b)
+        rows = [[r["row"], f"{r['a']:.2f} ± {_f(r['sd_a'], 2)}", f"{r['b']:.2f} ± {_f(r['sd_b'], 2)}",
+                 f"{r['diff']:+.2f}", f"{_f(r['se'], 2)} ({r['diff'] / r['se']:+.1f} SE)" if r["se"] > 0 else "–",
+                 "yes" if r["within"] else "no"] for r in agreement]
+        seeds = agreement[0]["seeds"] if agreement else 0
+        print(f"A = {_label(a)}, B = {_label(b)}; Avg over the benchmarks, mean ± sd over {seeds} generation seeds")
+        print(_table(["row", "A", "B", "B - A", "SE of B - A", "within A's sd"], rows))
     else:
         rows = [[_label(run), b] + [_f(s[k], 4) for k in ("p0", "p1", "p2", "middle", "end")]
                 for run in args.runs for b in args.benchmarks
