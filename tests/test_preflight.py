@@ -97,6 +97,22 @@ def test_component_arithmetic():
     assert lo["optimizer"] == lora_params(p.student.shape, 16) * 8
 
 
+def test_fused_kd_counts_its_logit_cache():
+    from adakd.kd.objective.logit_cache import auto_budget_bytes
+    v = 50257
+    n_resp = 8 * 2048                                         # long answers: the budget binds
+    fused = estimate(_plan(loss_impl="fused", max_len=2304))["cuda:0"]
+    # bf16 hidden states: 2-byte rows, held with dL/dW (the budget is smaller by it)
+    want = auto_budget_bytes(n_resp, v, 768, 1024, grad_bytes=4, hidden_bytes=2, compute_bytes=4, with_weight_grad=True)
+    assert 0 < want < n_resp * v * 2 * 2 and fused["logit_cache"] == want
+    assert fused["logits"] == 1024 * v * 4 * 6
+    n_resp = 8 * 256                                          # short ones: two rows per response token bind
+    assert estimate(_plan(loss_impl="fused"))["cuda:0"]["logit_cache"] == n_resp * v * 2 * 2
+    assert estimate(_plan(loss_impl="fused", logit_cache_mb=64.0))["cuda:0"]["logit_cache"] == 64 * 2 ** 20
+    assert "logit_cache" not in estimate(_plan())["cuda:0"]                                   # chunked: no cache
+    assert "logit_cache" not in estimate(_plan(loss_impl="fused", teacher=None))["cuda:0"]    # SFT: no cache
+
+
 def test_teacher_on_another_device_is_counted_there():
     p = _plan()
     p = dataclasses.replace(p, teacher=dataclasses.replace(p.teacher, device="cuda:1"))

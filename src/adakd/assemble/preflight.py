@@ -14,6 +14,10 @@ the `arch` dict for models built from scratch), the run's settings and the free 
 * logits         response tokens x vocabulary x bytes x roles (student logits, their gradient, teacher
                  logits) and the objective's float32 work (the whole [N, V] rows, or one chunk with
                  loss_impl=chunked/fused); response tokens = micro batch x (max_len - max_prompt_len)
+* logit_cache    loss_impl=fused with a teacher: the pass-1 logit cache of the hardest tokens, the most it can
+                 hold (its budget, train.fused_logit_cache_mb or derived from the loss's memory floor, and at
+                 most two rows per response token). Counted for every fused KD run: telemetry steps score
+                 tokens (and so fill the cache) even where LATF and IDTS are off.
 * overhead       CUDA context / allocator slack, or the Python process on CPU
 
 It is an estimate (about +-25 %: allocator fragmentation, attention kernels, temporary copies), meant to
@@ -31,6 +35,7 @@ import torch
 from transformers import AutoConfig
 
 from ..errors import ConfigError, UserError
+from ..kd.objective.logit_cache import auto_budget_bytes
 from ..models.pruning import layers_to_keep
 from .devices import autocast_dtype, load_dtype, teacher_device
 from .identity import model_path
@@ -154,6 +159,7 @@ class Plan:
     fsdp: bool = False
     eval_batch: int = 16
     max_new_tokens: int = 256
+    logit_cache_mb: Optional[float] = None   # train.fused_logit_cache_mb (None: derived from the memory floor)
     notes: List[str] = field(default_factory=list)
     resident: List[Role] = field(default_factory=list)   # loaded and kept, not run (e.g. the teacher of a pruned student)
 
@@ -167,6 +173,18 @@ def _activations(shape: ModelShape, tokens: int, act_bytes: int, checkpointing: 
     if checkpointing:   # block inputs kept, one block recomputed at a time
         return shape.n_layers * tokens * shape.hidden * act_bytes + per_layer
     return shape.n_layers * per_layer
+
+
+def logit_cache_bytes(plan: Plan) -> float:
+    """The most the fused path's logit cache (kd.objective.logit_cache) takes: its budget, within two rows (student
+    and teacher, in the hidden states' dtype, as the LM-head matmuls return them) per response token."""
+    n, v, row_bytes = plan.response_tokens, plan.student.shape.vocab, plan.amp_bytes
+    if plan.logit_cache_mb is not None:
+        budget = float(plan.logit_cache_mb) * 2 ** 20
+    else:
+        budget = auto_budget_bytes(n, v, plan.student.shape.hidden, plan.chunk, grad_bytes=max(4, plan.student.dtype_bytes),
+                                   hidden_bytes=row_bytes, compute_bytes=4, with_weight_grad=row_bytes != 4)
+    return min(budget, n * v * 2 * row_bytes)
 
 
 def estimate(plan: Plan) -> Dict[str, Dict[str, float]]:
@@ -211,6 +229,7 @@ def estimate(plan: Plan) -> Dict[str, Dict[str, float]]:
                 + tokens * t.shape.hidden * t.dtype_bytes)
             if plan.loss_impl == "fused":
                 add(st.device, "logits", plan.chunk * v * 4 * OBJECTIVE_TEMPS)
+                add(st.device, "logit_cache", logit_cache_bytes(plan))
             else:
                 rows = n if plan.loss_impl == "reference" else min(n, plan.chunk)
                 add(st.device, "logits", n * v * lb * 2 + rows * v * 4 * OBJECTIVE_TEMPS)   # student + its grad
@@ -407,7 +426,8 @@ def plan_from_config(cfg, tokenizer, device: torch.device, world_size: int = 1, 
                 max_len=int(cfg.dataset.max_len), max_prompt_len=int(cfg.dataset.max_prompt_len),
                 amp_bytes=2 if amp is not None else 4, loss_impl=str(t.loss_impl), chunk=int(t.loss_chunk_size),
                 world_size=world_size, fsdp=bool(t.fsdp) and world_size > 1, eval_batch=int(cfg.eval.batch_size),
-                max_new_tokens=int(cfg.eval.max_new_tokens))
+                max_new_tokens=int(cfg.eval.max_new_tokens),
+                logit_cache_mb=None if t.get("fused_logit_cache_mb") is None else float(t.fused_logit_cache_mb))
     if m.student.source == "pruned" and teacher is not None and plan.teacher is None:
         plan.resident.append(teacher)   # loaded to build the pruned student, kept in the run's cache
     return plan
