@@ -154,21 +154,7 @@ def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]
     plan = job.plan(dist.device if dist.enabled else pick_device(cfg.train.device), cpu_threads(cfg.train))
     run_dir, device = plan.run_dir, plan.device
     seed_everything(int(cfg.train.seed))
-
-    # Data first: malformed files fail here, before any model is built and before anything is written.
-    data = run_data(cfg.dataset, ctx)
-    benchmarks, data_files = build_benchmarks(cfg, data)
-    tokenizer = get_tokenizer(cfg, data, ctx, roles=plan.roles)
-    does = {"trains": plan.trains, "distils": plan.distils, "evaluates_teacher": plan.evaluates_teacher}
-    # every sequence of the run vs the positions of the models that see it, from their configs alone
-    trains_a_model = plan.trains or (plan.uses_teacher and bool(cfg.model.teacher.finetune))
-    train_lengths = ([len(e["input_ids"]) for e in encoded_train(cfg.dataset, tokenizer, data, ctx)]
-                     if trains_a_model else [])
-    if plan.trains:
-        usable_dev(cfg, tokenizer, data, ctx)   # dev validation needs a dev example within the limits
-    check_lengths(cfg, tokenizer, train_lengths, prompt_token_lengths(tokenizer, benchmarks, cfg.eval), **does)
-    if cfg.train.preflight:   # memory needed vs the device's, from the model configs alone: before any weights
-        check_run(cfg, tokenizer, device, world_size=dist.world_size, **does)
+    data, benchmarks, data_files, tokenizer = checked_inputs(cfg, plan, ctx, dist.world_size)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -181,43 +167,16 @@ def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]
             distributed.barrier()   # evaluation-only tasks run on rank 0; wait for its results
             return read_json(run_dir / "metrics.json")
 
-    def load_teacher() -> Teacher:   # loaded (or fine-tuned) where the job first needs it, once
-        return Teacher(*get_teacher(cfg, tokenizer, data, ctx, device))
-
     logger = make_logger(cfg.logger, run_dir, run_id=run_dir.name, name=run_dir.name,
                          config=OmegaConf.to_container(cfg, resolve=True)) if dist.is_main else NullLogger()
     exit_code = 1
     try:
-        train_summary: Dict[str, Any] = {}
-        if plan.evaluates_teacher:
-            teacher = load_teacher()
-            model, model_info = teacher.model, teacher.info
-        else:
-            # a pruned student is cut from the teacher; else the teacher loads after the student is built (a LoRA
-            # student's adapters draw their initial weights from the global generator the fine-tune moves)
-            teacher = load_teacher() if cfg.model.student.source == "pruned" else None
-            model, model_info = get_student(cfg.model.student, tokenizer, device,
-                                            teacher=teacher.model if teacher is not None else None,
-                                            for_training=plan.trains, sharded=bool(cfg.train.fsdp) and dist.enabled)
-            if plan.trains:
-                if plan.distils and teacher is None:
-                    teacher = load_teacher()
-                train_summary, model, train_costs = train(cfg, plan, model, teacher, tokenizer, data, ctx, logger)
-                run_info.update(train_costs)
+        model, model_info, train_summary = model_to_evaluate(cfg, plan, tokenizer, data, ctx, logger, run_info)
         if not dist.is_main:   # only rank 0 evaluates and writes results
             exit_code = 0
             distributed.barrier()
             return read_json(run_dir / "metrics.json")
-        t_eval = time.time()
-        engine = open_eval_engine(cfg, plan, model, tokenizer, model_info)
-        try:
-            results = evaluate_model(model, tokenizer, benchmarks, cfg.eval, run_dir, device=str(device),
-                                     model_info=model_info, data_files=data_files, progress=cfg.run.progress,
-                                     engine=engine)
-        finally:
-            if engine is not None:
-                engine.close()
-        eval_seconds = time.time() - t_eval
+        results, eval_seconds = evaluate_job(cfg, plan, model, tokenizer, model_info, benchmarks, data_files)
         if "engine" in results:   # start-up apart from generation, tokens/s
             run_info["eval_engine"] = results["engine"]
         metrics = {
@@ -240,6 +199,69 @@ def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]
         return metrics
     finally:
         logger.finish(exit_code=exit_code)
+
+
+def checked_inputs(cfg: DictConfig, plan: JobPlan, ctx: Context, world_size: int):
+    """The job's data, benchmarks (with their files' digests) and tokenizer, and every check that needs no weights:
+    malformed data (fails here with the file and line), sequences longer than the models' positions, memory.
+    Nothing of the run is written before they pass."""
+    data = run_data(cfg.dataset, ctx)
+    benchmarks, data_files = build_benchmarks(cfg, data)
+    tokenizer = get_tokenizer(cfg, data, ctx, roles=plan.roles)
+    does = {"trains": plan.trains, "distils": plan.distils, "evaluates_teacher": plan.evaluates_teacher}
+    # every sequence of the run vs the positions of the models that see it, from their configs alone
+    trains_a_model = plan.trains or (plan.uses_teacher and bool(cfg.model.teacher.finetune))
+    train_lengths = ([len(e["input_ids"]) for e in encoded_train(cfg.dataset, tokenizer, data, ctx)]
+                     if trains_a_model else [])
+    if plan.trains:
+        usable_dev(cfg, tokenizer, data, ctx)   # dev validation needs a dev example within the limits
+    check_lengths(cfg, tokenizer, train_lengths, prompt_token_lengths(tokenizer, benchmarks, cfg.eval), **does)
+    if cfg.train.preflight:   # memory needed vs the device's, from the model configs alone: before any weights
+        check_run(cfg, tokenizer, plan.device, world_size=world_size, **does)
+    return data, benchmarks, data_files, tokenizer
+
+
+def model_to_evaluate(cfg: DictConfig, plan: JobPlan, tokenizer, data, ctx: Context, logger,
+                      run_info: Dict[str, Any]):
+    """The job's model: the teacher, an untrained student, or a student trained here (SFT or distillation; its
+    training costs go into run_info). The teacher is loaded (or fine-tuned) where the job first needs it, once.
+    Returns (model, model_info, the training's summary for metrics.json)."""
+    device = plan.device
+
+    def load_teacher() -> Teacher:
+        return Teacher(*get_teacher(cfg, tokenizer, data, ctx, device))
+
+    if plan.evaluates_teacher:
+        teacher = load_teacher()
+        return teacher.model, teacher.info, {}
+    # a pruned student is cut from the teacher; else the teacher loads after the student is built (a LoRA
+    # student's adapters draw their initial weights from the global generator the fine-tune moves)
+    teacher = load_teacher() if cfg.model.student.source == "pruned" else None
+    model, model_info = get_student(cfg.model.student, tokenizer, device,
+                                    teacher=teacher.model if teacher is not None else None,
+                                    for_training=plan.trains, sharded=bool(cfg.train.fsdp) and distributed.info().enabled)
+    train_summary: Dict[str, Any] = {}
+    if plan.trains:
+        if plan.distils and teacher is None:
+            teacher = load_teacher()
+        train_summary, model, train_costs = train(cfg, plan, model, teacher, tokenizer, data, ctx, logger)
+        run_info.update(train_costs)
+    return model, model_info, train_summary
+
+
+def evaluate_job(cfg: DictConfig, plan: JobPlan, model, tokenizer, model_info, benchmarks, data_files):
+    """The protocol's evaluation of the job's model by the engine eval.engine names (closed after it, whatever
+    happens). Returns (results, its wall-clock seconds)."""
+    t_eval = time.time()
+    engine = open_eval_engine(cfg, plan, model, tokenizer, model_info)
+    try:
+        results = evaluate_model(model, tokenizer, benchmarks, cfg.eval, plan.run_dir, device=str(plan.device),
+                                 model_info=model_info, data_files=data_files, progress=cfg.run.progress,
+                                 engine=engine)
+    finally:
+        if engine is not None:
+            engine.close()
+    return results, time.time() - t_eval
 
 
 def train(cfg: DictConfig, plan: JobPlan, student, teacher: Optional[Teacher], tokenizer, data, ctx: Context,
