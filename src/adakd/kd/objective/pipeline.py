@@ -61,25 +61,9 @@ def score_chunked(
     return scores
 
 
-@torch.no_grad()
-def entropies(
-    src, idx_kept: Tensor, tau: Optional[Tensor], standardize: bool, chunk_size: int
-) -> Tuple[Tensor, Tensor]:
-    """Student entropy of the kept tokens before (tau = 1, raw) and after the temperature transform."""
-    before = torch.empty(idx_kept.numel(), dtype=src.dtype, device=src.device)
-    after = torch.empty_like(before)
-
-    def ent(x: Tensor) -> Tensor:
-        lq = F.log_softmax(x, dim=-1)
-        return -(lq.exp() * torch.nan_to_num(lq, neginf=0.0)).sum(-1)
-
-    for ch in split_chunks(idx_kept, chunk_size):
-        stop = ch.start + ch.index.numel()
-        rows = src.student(ch)
-        before[ch.start : stop] = ent(rows.to(src.dtype))
-        tau_c = None if tau is None else tau[ch.start : stop].detach()
-        after[ch.start : stop] = ent(scaled(rows, tau_c, src.dtype, standardize))
-    return before, after
+def _entropy(x: Tensor) -> Tensor:
+    lq = F.log_softmax(x, dim=-1)
+    return -(lq.exp() * torch.nan_to_num(lq, neginf=0.0)).sum(-1)
 
 
 def zero_loss(*tensors: Optional[Tensor]) -> Tensor:
@@ -181,7 +165,7 @@ def run_pipeline(
         if k < n:
             stats["diff_dropped_mean"] = as_float(scores[~kept_mask].mean())
     if telemetry:
-        before, after = entropies(src, idx_kept, tau, policy.standardize, chunk_size)
+        rows = kept_row_telemetry(src, idx_kept, tau, div, policy.standardize, chunk_size)
         tau_t = torch.ones(k, dtype=src.dtype, device=src.device) if tau is None else tau.detach().clone()
         stats["_tensors"] = {
             "tau": tau_t.cpu(),
@@ -189,9 +173,10 @@ def run_pipeline(
             "kept": kept_mask.cpu(),
             "kept_index": idx_kept.cpu(),
             "token_loss": per.detach().cpu(),
-            "entropy_before": before.cpu(),
-            "entropy_after": after.cpu(),
-            **gradient_scales(src, idx_kept, tau, div, policy.standardize, chunk_size),
+            "entropy_before": rows["entropy_before"].cpu(),
+            "entropy_after": rows["entropy_after"].cpu(),
+            "grad_norm": rows["grad_norm"],
+            "grad_norm_t1": rows["grad_norm_t1"],
         }
     return loss, stats
 
@@ -207,21 +192,28 @@ def held(tau: Optional[Tensor], targets_kept: Tensor, token_id: int, value: floa
 
 
 @torch.no_grad()
-def gradient_scales(src, idx_kept: Tensor, tau: Optional[Tensor], div: Divergence, standardize: bool,
-                    chunk_size: int) -> Dict[str, Tensor]:
-    """Telemetry: per kept token, the norm of d(tau^2 D)/d(student logits) at the temperature it was given
-    (grad_norm) and at tau = 1 (grad_norm_t1): how much each token pushes the student, and how much of that its
-    temperature changed. The loss is the mean of these terms, so each token's share of the step is its norm / k."""
-    at_tau = torch.empty(idx_kept.numel(), dtype=torch.float32)
+def kept_row_telemetry(src, idx_kept: Tensor, tau: Optional[Tensor], div: Divergence, standardize: bool,
+                       chunk_size: int) -> Dict[str, Tensor]:
+    """Telemetry of the kept tokens, from one pass over their logit rows (each chunk's rows computed once):
+    - entropy_before / entropy_after: the student's entropy at tau = 1 (raw) and after the temperature transform;
+    - grad_norm / grad_norm_t1: the norm of d(tau^2 D)/d(student logits) at the temperature the token was given
+      and at tau = 1: how much each token pushes the student, and how much of that its temperature changed. The
+      loss is the mean of these terms, so each token's share of the step is its norm / k."""
+    k = idx_kept.numel()
+    before = torch.empty(k, dtype=src.dtype, device=src.device)
+    after = torch.empty_like(before)
+    at_tau = torch.empty(k, dtype=torch.float32)
     at_one = torch.empty_like(at_tau)
     for ch in split_chunks(idx_kept, chunk_size):
         stop = ch.start + ch.index.numel()
         s_rows, t_rows = src.student(ch), src.teacher(ch)   # detached rows, by the sources' contract
         tau_c = None if tau is None else tau[ch.start : stop].detach()
+        before[ch.start : stop] = _entropy(s_rows.to(src.dtype))
+        after[ch.start : stop] = _entropy(scaled(s_rows, tau_c, src.dtype, standardize))
         for out, t in ((at_tau, tau_c), (at_one, None)):
             _, grad, _ = values_and_grads(div, s_rows, t_rows, t, standardize, False)
             out[ch.start : stop] = grad.float().norm(dim=-1).cpu()
-    return {"grad_norm": at_tau, "grad_norm_t1": at_one}
+    return {"entropy_before": before, "entropy_after": after, "grad_norm": at_tau, "grad_norm_t1": at_one}
 
 
 def reference_values(
