@@ -132,8 +132,9 @@ def cache_root(run: DictConfig) -> Path:
     return output_root(run) / "cache"
 
 
-def finetuned_teacher_dir(cfg: DictConfig) -> Path:
-    return cache_root(cfg.run) / "teacher" / teacher_key(cfg)
+def finetuned_teacher_dir(cfg: DictConfig, key: Optional[str] = None) -> Path:
+    """The fine-tuned teacher's cache; `key`: teacher_key(cfg) where the caller holds it (a job's plan)."""
+    return cache_root(cfg.run) / "teacher" / (key or teacher_key(cfg))
 
 
 def tokenizer_dir(cfg: DictConfig) -> Path:

@@ -41,34 +41,38 @@ class Teacher:
     info: Dict[str, Any]
 
 
-def shipped_teacher(cfg: DictConfig) -> Optional[Path]:
-    """The shipped checkpoint (model.teacher_asset), when it was built by exactly this teacher recipe."""
+def shipped_teacher(cfg: DictConfig, key: Optional[str] = None) -> Optional[Path]:
+    """The shipped checkpoint (model.teacher_asset), when it was built by exactly this teacher recipe (`key`:
+    teacher_key(cfg) where the caller holds it, as a job's plan does)."""
     d = asset_dir(cfg.model.teacher_asset)
     if d is None or not (d / "adakd_model.json").exists():
         return None
     info = json.loads((d / "adakd_model.json").read_text())
-    if info.get("recipe_hash") != teacher_key(cfg):
+    if info.get("recipe_hash") != (key or teacher_key(cfg)):
         log.info("shipped teacher %s was built by another recipe; a teacher will be trained and cached", d)
         return None
     return d
 
 
-def get_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device) -> Tuple[torch.nn.Module, Dict]:
+def get_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device,
+                key: Optional[str] = None) -> Tuple[torch.nn.Module, Dict]:
+    """The frozen teacher: the shipped checkpoint of this recipe, the fine-tuned cache (fine-tuned first if
+    missing), or the model as configured. `key`: teacher_key(cfg) where the caller holds it (a job's plan)."""
     spec = cfg.model.teacher
-    key = teacher_key(cfg)
+    key = key or teacher_key(cfg)
     tdev = teacher_device(spec, device)   # optionally its own device
 
     def build():
-        asset = shipped_teacher(cfg)
+        asset = shipped_teacher(cfg, key)
         if asset is not None:
             verify_checksum(asset)
             return load_pretrained(str(asset)), {"teacher": str(asset), "source": "shipped", "recipe": key}
         if spec.finetune:
-            cache = finetuned_teacher_dir(cfg)
+            cache = finetuned_teacher_dir(cfg, key)
             if not _finetuned(cache):   # under torchrun ensure_teacher has made it (all ranks together)
                 with build_lock(cache, FINETUNED):
                     if not _finetuned(cache):   # another process may have made it while this one waited
-                        finetune_teacher(cfg, tokenizer, data, ctx, device, cache)
+                        finetune_teacher(cfg, tokenizer, data, ctx, device, cache, key)
             verify_checksum(cache)
             return load_pretrained(str(cache)), {"teacher": str(cache), "source": "finetuned-cache", "recipe": key}
         model = build_model(spec, tokenizer, device=tdev)
@@ -85,22 +89,25 @@ def get_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device)
     return model, dict(info, params=count_params(model))
 
 
-def ensure_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device) -> None:
+def ensure_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device,
+                   key: Optional[str] = None) -> None:
     """Fine-tune and cache the teacher now if it is to be fine-tuned and is not cached (all ranks together)."""
-    if not cfg.model.teacher.finetune or shipped_teacher(cfg) is not None:
+    key = key or teacher_key(cfg)
+    if not cfg.model.teacher.finetune or shipped_teacher(cfg, key) is not None:
         return
-    cache = finetuned_teacher_dir(cfg)
+    cache = finetuned_teacher_dir(cfg, key)
     # Rank 0 holds the cache's build lock (another command may be fine-tuning the same teacher) and decides.
     with build_lock(cache, FINETUNED) if distributed.info().is_main else nullcontext():
         if distributed.broadcast_object(not _finetuned(cache)):
-            finetune_teacher(cfg, tokenizer, data, ctx, device, cache)
+            finetune_teacher(cfg, tokenizer, data, ctx, device, cache, key)
 
 
 def _finetuned(cache: Path) -> bool:
     return (cache / "adakd_model.json").exists()
 
 
-def finetune_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device, out: Path) -> None:
+def finetune_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, device, out: Path,
+                     key: Optional[str] = None) -> None:
     """Supervised fine-tuning of the teacher on the training set; its own work directory keeps checkpoints, so
     a killed fine-tune resumes; the result is cached by recipe (identity.teacher_key)."""
     # Only the recipe in model.teacher.finetune (on top of the defaults) shapes the teacher, so the cache key
@@ -136,7 +143,7 @@ def finetune_teacher(cfg: DictConfig, tokenizer, data: RunData, ctx: Context, de
     result = trainer.train()
     model = plain_model(trainer, model, lambda: build_model(spec, tokenizer, device=torch.device("cpu")), spec)
     if d.is_main:
-        save_model(model, tokenizer, out, extra={"recipe_hash": teacher_key(cfg), "steps": result.steps,
+        save_model(model, tokenizer, out, extra={"recipe_hash": key or teacher_key(cfg), "steps": result.steps,
                                                  "final_loss": result.final_loss,
                                                  "recipe": OmegaConf.to_container(cfg.model.teacher, resolve=True)})
         shutil.copy(work / "train_log.jsonl", out / "train_log.jsonl")

@@ -17,14 +17,16 @@ from .teacher import shipped_teacher
 GENERATED_TOKENIZER = "synthetic"   # model.tokenizer: train a BPE on the generated dataset's corpus
 
 
-def get_tokenizer(cfg: DictConfig, data: RunData, ctx: Context, roles: Optional[Sequence[str]] = None):
-    """The run's tokenizer, after checking that every pretrained model the task loads uses it."""
-    tok, path, name = _run_tokenizer(cfg, data, ctx)
+def get_tokenizer(cfg: DictConfig, data: RunData, ctx: Context, roles: Optional[Sequence[str]] = None,
+                  teacher_key: Optional[str] = None):
+    """The run's tokenizer, after checking that every pretrained model the task loads uses it. `teacher_key`:
+    identity.teacher_key(cfg) where the caller holds it (a job's plan)."""
+    tok, path, name = _run_tokenizer(cfg, data, ctx, teacher_key)
     check_pair_tokenizers(cfg, tok, path, ctx, roles, name)
     return tok
 
 
-def _run_tokenizer(cfg: DictConfig, data: RunData, ctx: Context):
+def _run_tokenizer(cfg: DictConfig, data: RunData, ctx: Context, teacher_key: Optional[str]):
     """(tokenizer, its directory, how a message names it)."""
     m = cfg.model
     if m.tokenizer != GENERATED_TOKENIZER:
@@ -33,7 +35,7 @@ def _run_tokenizer(cfg: DictConfig, data: RunData, ctx: Context):
         tok = ctx.get(f"tok:{path}", lambda: load_tokenizer(path, m.teacher.trust_remote_code))
         return tok, path, (f"the teacher (model.teacher.path={m.teacher.path})" if own
                            else f"model.tokenizer={m.tokenizer}")
-    asset = shipped_teacher(cfg)
+    asset = shipped_teacher(cfg, teacher_key)
     if asset is not None:
         return (ctx.get(f"tok:{asset}", lambda: load_tokenizer(str(asset))), str(asset),
                 f"the shipped teacher's tokenizer ({m.teacher_asset})")

@@ -162,7 +162,7 @@ def execute(job: Job, ctx: Context, baselines: Dict[str, Any]) -> Dict[str, Any]
         # A teacher still to be fine-tuned is trained by all ranks together (and cached), before any task
         # that runs on rank 0 alone needs it.
         if plan.uses_teacher:
-            ensure_teacher(cfg, tokenizer, data, ctx, device)
+            ensure_teacher(cfg, tokenizer, data, ctx, device, plan.teacher_key)
         if not dist.is_main and not plan.trains:
             distributed.barrier()   # evaluation-only tasks run on rank 0; wait for its results
             return read_json(run_dir / "metrics.json")
@@ -207,7 +207,7 @@ def checked_inputs(cfg: DictConfig, plan: JobPlan, ctx: Context, world_size: int
     Nothing of the run is written before they pass."""
     data = run_data(cfg.dataset, ctx)
     benchmarks, data_files = build_benchmarks(cfg, data)
-    tokenizer = get_tokenizer(cfg, data, ctx, roles=plan.roles)
+    tokenizer = get_tokenizer(cfg, data, ctx, roles=plan.roles, teacher_key=plan.teacher_key)
     does = {"trains": plan.trains, "distils": plan.distils, "evaluates_teacher": plan.evaluates_teacher}
     # every sequence of the run vs the positions of the models that see it, from their configs alone
     trains_a_model = plan.trains or (plan.uses_teacher and bool(cfg.model.teacher.finetune))
@@ -229,7 +229,7 @@ def model_to_evaluate(cfg: DictConfig, plan: JobPlan, tokenizer, data, ctx: Cont
     device = plan.device
 
     def load_teacher() -> Teacher:
-        return Teacher(*get_teacher(cfg, tokenizer, data, ctx, device))
+        return Teacher(*get_teacher(cfg, tokenizer, data, ctx, device, plan.teacher_key))
 
     if plan.evaluates_teacher:
         teacher = load_teacher()
