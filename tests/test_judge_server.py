@@ -125,17 +125,28 @@ def test_a_server_that_dies_while_judging_is_reported_with_its_log(standin, monk
 @pytest.mark.integration
 @pytest.mark.parametrize("how", ["sigint", "sigkill"])
 def test_ctrl_c_or_kill_9_of_the_judge_stops_the_server(standin, how):
-    script = ("import time, pathlib; from adakd.judge.server import local_server; "
+    # The judge gets Python's own Ctrl-C handler back: a process started in the background by a non-interactive
+    # shell (a CI script run with `&`) inherits SIGINT ignored, and Python then leaves it ignored, which is not
+    # the situation of a judge run at a terminal.
+    script = ("import signal, time, pathlib; from adakd.judge.server import local_server; "
               "from adakd.schema.judge import LocalServerConfig\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               f"with local_server('/m', 'judge', LocalServerConfig(startup_timeout=60), pathlib.Path({str(standin / 'log')!r})):\n"
               f"    pathlib.Path({str(standin / 'ready')!r}).write_text('1'); time.sleep(600)\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.environ["PYTHONPATH"], str(Path(__file__).parents[1] / "src")])}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while not (standin / "ready").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    pid = int((standin / "pid").read_text())
-    assert _alive(pid)
-    proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert _gone(pid), "the server outlived the judge"
+    pid = None
+    try:
+        deadline = time.time() + 60
+        while not (standin / "ready").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        pid = int((standin / "pid").read_text())
+        assert _alive(pid)
+        proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert _gone(pid), "the server outlived the judge"
+    finally:   # a failed check leaves no judge and no server behind
+        if proc.poll() is None:
+            proc.kill()
+        if pid is not None and _alive(pid):
+            os.kill(pid, signal.SIGKILL)
