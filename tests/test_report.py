@@ -143,6 +143,9 @@ def test_results_table_still_works():
     m["baselines"] = {"teacher": {"label": "teacher", "rougeL": _metrics([5.0, 6.0])["rougeL"], "avg": 5.5}}
     out = table_render.results_table(m, label="student rkl")
     assert "| teacher | 5.50 ± 0.71 | 5.50 |" in out and "| student rkl | 1.50 ± 0.71 | 1.50 |" in out
+    assert out.startswith("ROUGE-L (mean ± std over seeds)")
+    m["protocol"] = {"seeds": [10, 20]}
+    assert table_render.results_table(m).startswith("ROUGE-L (mean ± std over 2 generation seeds: 10, 20)")
 
 
 def test_baseline_rows_come_from_the_runs(tmp_path):

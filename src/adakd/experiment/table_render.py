@@ -28,7 +28,10 @@ def results_table(metrics: Dict[str, Any], label: str = "this run") -> str:
     rows.append((label, metrics["rougeL"], metrics["avg"]))
     head = "| model | " + " | ".join(benches) + " | Avg |"
     sep = "|---|" + "---|" * (len(benches) + 1)
-    lines = ["ROUGE-L (mean ± std over seeds)", head, sep]
+    seeds = metrics.get("protocol", {}).get("seeds") or []
+    # the count says how far to trust the ± : a std from two seeds is a rough estimate of the spread
+    over = f"over {len(seeds)} generation seeds: {', '.join(map(str, seeds))}" if seeds else "over seeds"
+    lines = [f"ROUGE-L (mean ± std {over})", head, sep]
     for name, r, avg in rows:
         cells = [_cell(r[b]) if b in r else "-" for b in benches]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {avg:.2f} |")
