@@ -97,3 +97,42 @@ def test_two_sweeps_started_together_keep_separate_complete_records(tmp_path):
         assert rec["jobs"] == 2 and rec["failed"] == 0
         seeds.append(sorted(o for j in rec["results"] for o in j["overrides"] if o.startswith("train.seed")))
     assert sorted(seeds) == [["train.seed=1", "train.seed=2"], ["train.seed=3", "train.seed=4"]]
+
+
+def test_two_commands_that_need_one_generated_tokenizer_train_it_once(tmp_path, monkeypatch):
+    """The BPE cached for a generated dataset is a shared cache too: two commands started together train it once
+    (the second waits and loads it), where both used to write the directory and one could lose it under the
+    other (the race behind a failure of the two-sweeps test above)."""
+    import threading
+
+    from adakd.assemble import tokenizer as tk
+    from adakd.assemble.context import Context
+    from adakd.assemble.data import run_data
+
+    from .compose import compose_cfg
+    cfg = compose_cfg(["experiment=smoke", f"run.output_root={tmp_path}"])
+    data = run_data(cfg.dataset, Context())
+    builds, real = [], tk.train_bpe_tokenizer
+
+    def slow_build(*a, **k):   # long enough that the second command arrives while the first is training
+        builds.append(threading.get_ident())
+        time.sleep(1.0)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tk, "train_bpe_tokenizer", slow_build)
+    start, vocabs, errors = threading.Barrier(2), [], []
+
+    def command():
+        start.wait()
+        try:
+            vocabs.append(tk._run_tokenizer(cfg, data, Context(), None)[0].get_vocab())
+        except Exception as e:   # noqa: BLE001 -- any failure is the finding
+            errors.append(e)
+
+    threads = [threading.Thread(target=command) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(vocabs) == 2 and vocabs[0] == vocabs[1]
+    assert len(builds) == 1

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from ..evaluation.generation import max_positions
 from ..evaluation.vllm_engine import INSTALL_HINT, VLLMEngine, eos_ids_of, vllm_available
+from ..io import build_lock
 from ..models import save_model
 from ..training.recipes import ON_POLICY, RECIPE_DEFAULTS
 from .identity import model_path
@@ -85,8 +86,10 @@ def open_teacher_engine(cfg: DictConfig, plan: JobPlan, teacher: Teacher, tokeni
     if source is None:
         out = plan.caches.vllm_teacher
         if not _is_checkpoint(out):
-            save_model(teacher.model, tokenizer, out, extra={"recipe_hash": plan.teacher_key,
-                                                             "saved_for": "vllm sampling"})
+            with build_lock(out, "vLLM copy of the teacher"):   # a shared cache: one writer at a time
+                if not _is_checkpoint(out):
+                    save_model(teacher.model, tokenizer, out, extra={"recipe_hash": plan.teacher_key,
+                                                                     "saved_for": "vllm sampling"})
         source = str(out)
     return VLLMEngine(source, eos_ids=eos_ids_of(teacher.model, tokenizer), cfg=cfg.eval.vllm,
                       device=str(plan.device), max_model_len=_positions(teacher.model, int(cfg.dataset.max_len)),

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from omegaconf import DictConfig
 
 from ..data import synthetic
+from ..io import build_lock
 from ..models import check_same_tokenizer, load_tokenizer, train_bpe_tokenizer
 from .context import Context
 from .data import RunData
@@ -44,8 +45,13 @@ def _run_tokenizer(cfg: DictConfig, data: RunData, ctx: Context, teacher_key: Op
     def build():
         if (out / "tokenizer.json").exists():
             return load_tokenizer(str(out))
-        # prompts and references of the generated training split (any generated dataset)
-        return train_bpe_tokenizer(synthetic.corpus(data.train), m.tokenizer_vocab, out)
+        # A shared cache: two commands started together must not both write it (the second would move the
+        # first's directory away under it), so it is built under its lock, and found built by the waiter.
+        with build_lock(out, "run tokenizer"):
+            if (out / "tokenizer.json").exists():
+                return load_tokenizer(str(out))
+            # prompts and references of the generated training split (any generated dataset)
+            return train_bpe_tokenizer(synthetic.corpus(data.train), m.tokenizer_vocab, out)
     return (ctx.get(f"tok:{out}", build), str(out),
             f"the run's tokenizer (model.tokenizer={GENERATED_TOKENIZER}: a BPE trained on the training data)")
 
