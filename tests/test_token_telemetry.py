@@ -19,6 +19,16 @@ from .oracles import oracle_divergence
 from .test_objective import make_batch, make_hidden, oracle_adakd
 
 
+def assert_rkl_at(loss, stats, s, t, kept, tau):
+    """The loss is the float64 reverse KL of the kept tokens at temperatures tau (tau^2-weighted mean), and the
+    telemetry records those temperatures."""
+    v = s.shape[-1]
+    S, T = s.reshape(-1, v).numpy()[kept], t.reshape(-1, v).numpy()[kept]
+    expect = (oracle_divergence("rkl", S / tau[:, None], T / tau[:, None]) * tau**2).mean()
+    assert loss.item() == pytest.approx(expect, rel=1e-10)
+    np.testing.assert_allclose(stats["_tensors"]["tau"].numpy(), tau, rtol=1e-12)
+
+
 def _objective(impl: str, *, end_tau=None, eos_id=None, ratio=0.55, name="rkl"):
     a = AdakdConfig(latf=ratio < 1, idts=True, ratio_schedule="fixed", ratio_end=ratio, end_tau=end_tau)
     return build_objective(MethodConfig(divergence=name), a, total_steps=10, impl=impl, chunk_size=4,
@@ -44,11 +54,7 @@ def test_end_tau_holds_that_tokens_temperature_and_matches_the_float64_reading(i
     at_eos = labels.reshape(-1).numpy()[kept] == eos
     assert 0 < at_eos.sum() < len(kept)
     tau = np.where(at_eos, end_tau, tau)
-    v = s.shape[-1]
-    S, T = s.reshape(-1, v).numpy()[kept], t.reshape(-1, v).numpy()[kept]
-    expect = (oracle_divergence("rkl", S / tau[:, None], T / tau[:, None]) * tau**2).mean()
-    assert loss.item() == pytest.approx(expect, rel=1e-10)
-    np.testing.assert_allclose(stats["_tensors"]["tau"].numpy(), tau, rtol=1e-12)
+    assert_rkl_at(loss, stats, s, t, kept, tau)
 
 
 def test_end_tau_unset_is_the_policys_temperatures_bit_for_bit():
@@ -173,11 +179,7 @@ def test_tau_half_applies_only_the_warm_or_the_cool_temperatures(half, impl):
     _, kept, tau = oracle_adakd(s, t, labels, "rkl", ratio=0.55, idts=True)
     assert (tau > 1).any() and (tau < 1).any()
     tau = np.maximum(tau, 1.0) if half == "warm" else np.minimum(tau, 1.0)
-    v = s.shape[-1]
-    S, T = s.reshape(-1, v).numpy()[kept], t.reshape(-1, v).numpy()[kept]
-    expect = (oracle_divergence("rkl", S / tau[:, None], T / tau[:, None]) * tau**2).mean()
-    assert loss.item() == pytest.approx(expect, rel=1e-10)
-    np.testing.assert_allclose(stats["_tensors"]["tau"].numpy(), tau, rtol=1e-12)
+    assert_rkl_at(loss, stats, s, t, kept, tau)
 
 
 def test_tau_half_both_keeps_the_run_directory_and_a_bad_value_is_refused():

@@ -37,6 +37,7 @@ from ..data.prompts import tokenize_pair
 from ..evaluation.generation import encode_prompts
 from ..models.loading import load_pretrained
 from ..models.tokenizers import load_tokenizer
+from .table_stats import bench_seeds, mean_std, seed_avgs
 
 NEAR_EMPTY = 10        # characters: an answer shorter than this is "near-empty" (docs/reproducing.md)
 FIRST = 3              # the first response tokens: positions 0 .. FIRST-1
@@ -147,14 +148,15 @@ def eos_probabilities(run_dir: Path, benchmark: str, *, max_prompts: Optional[in
 
 
 # ------------------------------------------------------------------------------------------ engines
-def seed_avgs(metrics: dict) -> Dict[str, List[float]]:
+def row_seed_avgs(metrics: dict) -> Dict[str, List[float]]:
     """Per row of a metrics.json (its baselines, then the run itself): the Avg over the benchmarks at each
-    generation seed."""
+    generation seed (experiment.table_stats, as the tables compute it)."""
     def per_seed(rouge: dict) -> List[float]:
-        counts = {len(v["per_seed"]) for v in rouge.values()}
+        parts = [bench_seeds(v) for v in rouge.values()]
+        counts = {len(p) for p in parts}
         if len(counts) != 1:
             raise ValueError(f"benchmarks with different numbers of seeds: {sorted(counts)}")
-        return [_mean([v["per_seed"][i] for v in rouge.values()]) for i in range(counts.pop())]
+        return seed_avgs(parts)
     rows = {name: per_seed(b["rougeL"]) for name, b in metrics.get("baselines", {}).items()}
     rows[str(metrics["run"].get("name", "run"))] = per_seed(metrics["rougeL"])
     return rows
@@ -166,16 +168,17 @@ def engine_agreement(run_a: Path, run_b: Path) -> List[dict]:
     if ma["protocol"]["seeds"] != mb["protocol"]["seeds"]:
         raise ValueError(f"the runs were evaluated at other generation seeds: {ma['protocol']['seeds']} and "
                          f"{mb['protocol']['seeds']}")
-    a, b = seed_avgs(ma), seed_avgs(mb)
+    a, b = row_seed_avgs(ma), row_seed_avgs(mb)
     out = []
     for name in a:
         if name not in b:
             continue
         xa, xb = a[name], b[name]
-        sa = statistics.stdev(xa) if len(xa) > 1 else float("nan")
-        sb = statistics.stdev(xb) if len(xb) > 1 else float("nan")
-        diff = _mean(xb) - _mean(xa)
-        out.append({"row": name, "a": _mean(xa), "sd_a": sa, "b": _mean(xb), "sd_b": sb, "diff": diff,
+        (mean_a, sa), (mean_b, sb) = mean_std(xa), mean_std(xb)
+        if len(xa) < 2:
+            sa = sb = float("nan")
+        diff = mean_b - mean_a
+        out.append({"row": name, "a": mean_a, "sd_a": sa, "b": mean_b, "sd_b": sb, "diff": diff,
                     "se": (sa ** 2 / len(xa) + sb ** 2 / len(xb)) ** 0.5, "seeds": len(xa),
                     "within": abs(diff) <= sa})
     return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from scipy import stats
 
@@ -20,23 +20,31 @@ from .tables import Row, Table
 AVG = "avg"
 
 
+def bench_seeds(v: Dict[str, Any]) -> List[float]:
+    """A benchmark's per-seed scores from its metrics.json entry ({mean, per_seed, ...})."""
+    return [float(x) for x in (v.get("per_seed") or [v["mean"]])]
+
+
+def seed_avgs(parts: Sequence[Sequence[float]]) -> List[float]:
+    """The per-seed mean over benchmarks (their per-seed scores, same seeds in the same order)."""
+    n = min(len(p) for p in parts)
+    if any(len(p) != n for p in parts):   # seeds differ between benchmarks: no per-seed average
+        return [sum(sum(p) / len(p) for p in parts) / len(parts)]
+    return [sum(p[i] for p in parts) / len(parts) for i in range(n)]
+
+
 def seed_scores(row: Row, col: str, avg_over: Sequence[str]) -> Optional[List[float]]:
     """Per-seed scores of a row in a column (a benchmark, or AVG: the per-seed mean over avg_over)."""
     if row.status != "ok":
         return None
     if col != AVG:
         v = row.rouge.get(col)
-        if v is None:
-            return None
-        return [float(x) for x in (v.get("per_seed") or [v["mean"]])]
+        return None if v is None else bench_seeds(v)
     parts = [seed_scores(row, b, ()) for b in avg_over]
     parts = [p for p in parts if p is not None]
     if not parts or len(parts) < len(avg_over):
         return None
-    n = min(len(p) for p in parts)
-    if any(len(p) != n for p in parts):   # seeds differ between benchmarks: no per-seed average
-        return [sum(sum(p) / len(p) for p in parts) / len(parts)]
-    return [sum(p[i] for p in parts) / len(parts) for i in range(n)]
+    return seed_avgs(parts)
 
 
 def mean_std(xs: Sequence[float]) -> Tuple[float, float]:
